@@ -1,0 +1,174 @@
+//! Types shared by the kernel program and the daemon: the values stored in the
+//! BPF maps and the configuration handed to the program at load time.
+//!
+//! Every type is `#[repr(C)]`, has no padding holes the kernel could leave
+//! uninitialised, and has its layout pinned by the tests at the bottom: both
+//! sides must agree byte for byte, and nothing checks that at run time.
+#![no_std]
+
+/// Number of distinct ports the kernel program can follow at once.
+pub const MAX_PORTS: u32 = 1024;
+/// Entries in the port -> slot map: one per possible TCP port.
+pub const PORT_SLOT_ENTRIES: u32 = 65_536;
+/// A `PORT_SLOTS` value meaning "record what you read in `SELFTEST`": the
+/// daemon sets it for a port of its own while it checks the BTF offsets.
+pub const SELFTEST_SLOT: u32 = u32::MAX;
+
+/// `AF_INET` and `AF_INET6` as the kernel stores them in `skc_family`.
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+/// `IPPROTO_TCP`: the tracepoint also fires for SCTP and MPTCP sockets.
+pub const IPPROTO_TCP: u16 = 6;
+
+/// TCP states as numbered in the kernel (`include/net/tcp_states.h`).
+pub const TCP_ESTABLISHED: i32 = 1;
+pub const TCP_LISTEN: i32 = 10;
+
+/// Indices into the `STATS` per-CPU array: the program's own health counters.
+pub const STAT_EVENTS: u32 = 0;
+pub const STAT_NOT_TCP: u32 = 1;
+pub const STAT_OTHER_NETNS: u32 = 2;
+pub const STAT_READ_ERRORS: u32 = 3;
+pub const STAT_ENTRIES: u32 = 4;
+
+/// What the program needs to know before it sees its first event. Set as a
+/// read-only global at load time, so the verifier sees constants.
+///
+/// Rust eBPF programs get no CO-RE relocations, so every struct offset here
+/// comes from the running kernel's BTF (`/sys/kernel/btf/vmlinux`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TrackerConfig {
+    /// `offsetof(struct inet_sock, inet_sport)`: local port, network order.
+    /// Not `skc_num`: the kernel zeroes that in `inet_put_port()` before the
+    /// tracepoint fires for a transition to CLOSE, so RSTs would be missed.
+    pub off_sport: u32,
+    /// `offsetof(struct sock, __sk_common.skc_family)`.
+    pub off_sk_family: u32,
+    /// `offsetof(struct sock, sk_protocol)`.
+    pub off_sk_protocol: u32,
+    /// `offsetof(struct sock, __sk_common.skc_net)`: a `struct net *`.
+    pub off_sk_net: u32,
+    /// `offsetof(struct net, ns.inum)`: the namespace's inode number.
+    pub off_net_inum: u32,
+    /// Size in bytes of `sk_protocol` (u8 before Linux 5.6, u16 since).
+    pub sk_protocol_size: u32,
+    /// Only sockets of this network namespace count; 0 counts every namespace.
+    pub netns_inum: u32,
+}
+
+/// Event-fed counts for one followed port, kept per CPU: a socket may enter
+/// ESTABLISHED on one CPU and leave it on another, so a single CPU's counts
+/// can be negative; only their sum over CPUs means anything.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortCounts {
+    /// Net ESTABLISHED entries minus exits, IPv4 sockets.
+    pub established_v4: i64,
+    /// Net ESTABLISHED entries minus exits, IPv6 sockets (v4-mapped included).
+    pub established_v6: i64,
+    /// Net LISTEN entries minus exits.
+    pub listening: i64,
+    /// Every transition that touched this port: lets the daemon tell whether
+    /// the port was quiet while it took a snapshot.
+    pub transitions: u64,
+    /// Sockets that entered ESTABLISHED.
+    pub opened: u64,
+    /// Sockets that left ESTABLISHED.
+    pub closed: u64,
+    /// `bpf_ktime_get_boot_ns()` of the last ESTABLISHED entry or exit; 0 if none.
+    pub last_active_ns: u64,
+}
+
+/// What the program read for the last socket on the self-test port (see `SELFTEST_SLOT`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SelfTestRecord {
+    /// How many self-test events were seen.
+    pub seen: u64,
+    /// Namespace inode read through `off_sk_net` and `off_net_inum`.
+    pub netns_inum: u32,
+    /// Family read through `off_sk_family`.
+    pub family: u16,
+    /// Protocol read through `off_sk_protocol`.
+    pub protocol: u16,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain #[repr(C)] integers with no padding (pinned by the layout
+    // tests), so every byte pattern is a valid value.
+    unsafe impl aya::Pod for super::TrackerConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PortCounts {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SelfTestRecord {}
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use core::mem::{offset_of, size_of};
+
+    #[test]
+    fn tracker_config_layout_is_pinned() {
+        assert_eq!(size_of::<TrackerConfig>(), 28);
+        assert_eq!(offset_of!(TrackerConfig, off_sport), 0);
+        assert_eq!(offset_of!(TrackerConfig, off_sk_family), 4);
+        assert_eq!(offset_of!(TrackerConfig, off_sk_protocol), 8);
+        assert_eq!(offset_of!(TrackerConfig, off_sk_net), 12);
+        assert_eq!(offset_of!(TrackerConfig, off_net_inum), 16);
+        assert_eq!(offset_of!(TrackerConfig, sk_protocol_size), 20);
+        assert_eq!(offset_of!(TrackerConfig, netns_inum), 24);
+    }
+
+    #[test]
+    fn port_counts_layout_is_pinned() {
+        assert_eq!(size_of::<PortCounts>(), 56);
+        assert_eq!(offset_of!(PortCounts, established_v4), 0);
+        assert_eq!(offset_of!(PortCounts, established_v6), 8);
+        assert_eq!(offset_of!(PortCounts, listening), 16);
+        assert_eq!(offset_of!(PortCounts, transitions), 24);
+        assert_eq!(offset_of!(PortCounts, opened), 32);
+        assert_eq!(offset_of!(PortCounts, closed), 40);
+        assert_eq!(offset_of!(PortCounts, last_active_ns), 48);
+    }
+
+    #[test]
+    fn selftest_record_layout_is_pinned() {
+        assert_eq!(size_of::<SelfTestRecord>(), 16);
+        assert_eq!(offset_of!(SelfTestRecord, seen), 0);
+        assert_eq!(offset_of!(SelfTestRecord, netns_inum), 8);
+        assert_eq!(offset_of!(SelfTestRecord, family), 12);
+        assert_eq!(offset_of!(SelfTestRecord, protocol), 14);
+    }
+
+    /// A value viewed as the bytes the kernel stores decodes to itself.
+    #[test]
+    fn port_counts_round_trip_through_bytes() {
+        let value = PortCounts {
+            established_v4: -3,
+            established_v6: 7,
+            listening: 1,
+            transitions: 42,
+            opened: 9,
+            closed: 5,
+            last_active_ns: 123_456_789,
+        };
+        let mut bytes = [0u8; size_of::<PortCounts>()];
+        // SAFETY: PortCounts is repr(C) plain integers of exactly this size.
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                (&value as *const PortCounts).cast::<u8>(),
+                bytes.as_mut_ptr(),
+                bytes.len(),
+            );
+        }
+        assert_eq!(&bytes[0..8], &(-3i64).to_ne_bytes());
+        assert_eq!(&bytes[48..56], &123_456_789u64.to_ne_bytes());
+        // SAFETY: every byte pattern is a valid PortCounts.
+        let back: PortCounts = unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast()) };
+        assert_eq!(back, value);
+    }
+}

@@ -1,0 +1,539 @@
+//! Struct offsets from the running kernel's BTF (`/sys/kernel/btf/vmlinux`).
+//!
+//! Rust eBPF programs get no CO-RE relocations, so the kernel program reads
+//! socket fields at offsets found here at start-up. This is a small reader of
+//! the BTF type section (format: Documentation/bpf/btf.rst), written by hand
+//! because aya-obj keeps its type lookups private and btf-rs is LGPL; it
+//! understands only what offset lookups need (structs, unions, typedefs,
+//! modifiers, ints, pointers, enums) and skips every other kind by its size.
+use std::{collections::HashMap, path::Path};
+
+use spawner_sidecar_common::TrackerConfig;
+
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BtfError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    /// The bytes are not BTF this reader understands.
+    #[error("malformed BTF: {reason}")]
+    Malformed { reason: String },
+    /// A struct the program needs is not in this kernel's BTF.
+    #[error("struct {name} not found in kernel BTF")]
+    NoStruct { name: String },
+    /// A member on the path is missing.
+    #[error("member {path} not found in kernel BTF")]
+    NoMember { path: String },
+    /// A member is a bitfield the program cannot read with a plain load.
+    #[error("member {path} is a bitfield not aligned to whole bytes")]
+    Bitfield { path: String },
+}
+
+const BTF_MAGIC: u16 = 0xeb9f;
+const KIND_INT: u32 = 1;
+const KIND_PTR: u32 = 2;
+const KIND_ARRAY: u32 = 3;
+const KIND_STRUCT: u32 = 4;
+const KIND_UNION: u32 = 5;
+const KIND_ENUM: u32 = 6;
+const KIND_TYPEDEF: u32 = 8;
+const KIND_VOLATILE: u32 = 9;
+const KIND_CONST: u32 = 10;
+const KIND_RESTRICT: u32 = 11;
+const KIND_FUNC_PROTO: u32 = 13;
+const KIND_VAR: u32 = 14;
+const KIND_DATASEC: u32 = 15;
+const KIND_DECL_TAG: u32 = 17;
+const KIND_TYPE_TAG: u32 = 18;
+const KIND_ENUM64: u32 = 19;
+
+#[derive(Debug, Clone)]
+struct Member {
+    name: u32,
+    type_id: u32,
+    /// Offset in bits from the start of the enclosing struct.
+    bit_offset: u32,
+    /// Width in bits when a bitfield, else 0.
+    bitfield_size: u32,
+}
+
+#[derive(Debug, Clone)]
+struct Type {
+    name: u32,
+    kind: u32,
+    /// `size` for ints, structs, unions, enums; `type` for the others.
+    size_or_type: u32,
+    members: Vec<Member>,
+}
+
+/// The parsed type table of one BTF blob.
+pub struct Btf {
+    /// Index 0 is `void`; type ids are indices.
+    types: Vec<Type>,
+    strings: Vec<u8>,
+    structs_by_name: HashMap<String, u32>,
+}
+
+/// Where a member lives and how wide it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Field {
+    pub offset: u32,
+    pub size: u32,
+}
+
+impl Btf {
+    pub fn from_file(path: &Path) -> Result<Self, BtfError> {
+        let data = std::fs::read(path).map_err(|source| BtfError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&data)
+    }
+
+    pub fn parse(data: &[u8]) -> Result<Self, BtfError> {
+        let bad = |reason: &str| BtfError::Malformed {
+            reason: reason.to_string(),
+        };
+        let u16_at = |off: usize| -> Option<u16> {
+            Some(u16::from_le_bytes(data.get(off..off + 2)?.try_into().ok()?))
+        };
+        let u32_at = |off: usize| -> Option<u32> {
+            Some(u32::from_le_bytes(data.get(off..off + 4)?.try_into().ok()?))
+        };
+        if u16_at(0) != Some(BTF_MAGIC) {
+            return Err(bad("bad magic (not little-endian BTF)"));
+        }
+        let header = |off| {
+            u32_at(off)
+                .map(|v| v as usize)
+                .ok_or_else(|| bad("short header"))
+        };
+        let hdr_len = header(4)?;
+        let (type_off, type_len) = (header(8)?, header(12)?);
+        let (str_off, str_len) = (header(16)?, header(20)?);
+        let types_start = hdr_len + type_off;
+        let types_end = types_start + type_len;
+        let strings = data
+            .get(hdr_len + str_off..hdr_len + str_off + str_len)
+            .ok_or_else(|| bad("string section out of bounds"))?
+            .to_vec();
+        if types_end > data.len() {
+            return Err(bad("type section out of bounds"));
+        }
+
+        let mut types = vec![Type {
+            name: 0,
+            kind: 0,
+            size_or_type: 0,
+            members: Vec::new(),
+        }];
+        let mut pos = types_start;
+        while pos < types_end {
+            let word = |i: usize| u32_at(pos + 4 * i).ok_or_else(|| bad("truncated type"));
+            let (name, info, size_or_type) = (word(0)?, word(1)?, word(2)?);
+            let vlen = (info & 0xffff) as usize;
+            let kind = (info >> 24) & 0x1f;
+            let kind_flag = info >> 31 == 1;
+            pos += 12;
+            let mut members = Vec::new();
+            let extra = match kind {
+                KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
+                KIND_ARRAY => 12,
+                KIND_STRUCT | KIND_UNION => {
+                    for i in 0..vlen {
+                        let at = |j: usize| {
+                            u32_at(pos + 12 * i + 4 * j).ok_or_else(|| bad("truncated member"))
+                        };
+                        let (name, type_id, offset) = (at(0)?, at(1)?, at(2)?);
+                        let (bit_offset, bitfield_size) = if kind_flag {
+                            (offset & 0x00ff_ffff, offset >> 24)
+                        } else {
+                            (offset, 0)
+                        };
+                        members.push(Member {
+                            name,
+                            type_id,
+                            bit_offset,
+                            bitfield_size,
+                        });
+                    }
+                    12 * vlen
+                }
+                KIND_ENUM | KIND_FUNC_PROTO => 8 * vlen,
+                KIND_DATASEC | KIND_ENUM64 => 12 * vlen,
+                0..=19 => 0,
+                other => return Err(bad(&format!("unknown type kind {other}"))),
+            };
+            pos += extra;
+            types.push(Type {
+                name,
+                kind,
+                size_or_type,
+                members,
+            });
+        }
+
+        let mut btf = Btf {
+            types,
+            strings,
+            structs_by_name: HashMap::new(),
+        };
+        for (id, ty) in btf.types.iter().enumerate() {
+            if ty.kind == KIND_STRUCT && !ty.members.is_empty() {
+                let name = btf.name(ty.name).to_string();
+                btf.structs_by_name.entry(name).or_insert(id as u32);
+            }
+        }
+        Ok(btf)
+    }
+
+    fn name(&self, offset: u32) -> &str {
+        let rest = self.strings.get(offset as usize..).unwrap_or_default();
+        let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+        std::str::from_utf8(&rest[..end]).unwrap_or("")
+    }
+
+    /// Follows typedefs and modifiers to the type that has a layout.
+    fn resolve(&self, mut id: u32) -> Option<&Type> {
+        for _ in 0..32 {
+            let ty = self.types.get(id as usize)?;
+            match ty.kind {
+                KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
+                    id = ty.size_or_type
+                }
+                _ => return Some(ty),
+            }
+        }
+        None
+    }
+
+    fn size_of(&self, id: u32) -> Option<u32> {
+        let ty = self.resolve(id)?;
+        match ty.kind {
+            KIND_INT | KIND_STRUCT | KIND_UNION | KIND_ENUM | KIND_ENUM64 => Some(ty.size_or_type),
+            KIND_PTR => Some(8),
+            _ => None,
+        }
+    }
+
+    /// Finds `name` among the members of `ty`, looking inside anonymous
+    /// structs and unions (`skc_net` and friends sit in several of them).
+    /// Returns the bit offset and the member.
+    fn member(&self, ty: &Type, name: &str) -> Option<(u32, Member)> {
+        for member in &ty.members {
+            if member.name != 0 && self.name(member.name) == name {
+                return Some((member.bit_offset, member.clone()));
+            }
+        }
+        for member in ty.members.iter().filter(|m| m.name == 0) {
+            let inner = self.resolve(member.type_id)?;
+            if matches!(inner.kind, KIND_STRUCT | KIND_UNION)
+                && let Some((offset, found)) = self.member(inner, name)
+            {
+                return Some((member.bit_offset + offset, found));
+            }
+        }
+        None
+    }
+
+    /// Byte offset and size of `struct <name>` member `path` (dotted, e.g.
+    /// `__sk_common.skc_net.net`).
+    pub fn field(&self, struct_name: &str, path: &str) -> Result<Field, BtfError> {
+        let id = *self
+            .structs_by_name
+            .get(struct_name)
+            .ok_or_else(|| BtfError::NoStruct {
+                name: struct_name.to_string(),
+            })?;
+        let full = || format!("{struct_name}.{path}");
+        let mut ty = self
+            .resolve(id)
+            .ok_or_else(|| BtfError::NoMember { path: full() })?;
+        let mut bits = 0u32;
+        let mut last: Option<Member> = None;
+        for part in path.split('.') {
+            if last.is_some() {
+                let parent = last.as_ref().map(|m| m.type_id).unwrap_or(0);
+                ty = self
+                    .resolve(parent)
+                    .filter(|t| matches!(t.kind, KIND_STRUCT | KIND_UNION))
+                    .ok_or_else(|| BtfError::NoMember { path: full() })?;
+            }
+            let (offset, member) = self
+                .member(ty, part)
+                .ok_or_else(|| BtfError::NoMember { path: full() })?;
+            bits += offset;
+            last = Some(member);
+        }
+        let member = last.ok_or_else(|| BtfError::NoMember { path: full() })?;
+        let size = if member.bitfield_size != 0 {
+            // Before Linux 5.6 sk_protocol was an 8-bit bitfield; a
+            // byte-aligned whole-byte bitfield reads like a plain integer.
+            if bits % 8 != 0 || member.bitfield_size % 8 != 0 {
+                return Err(BtfError::Bitfield { path: full() });
+            }
+            member.bitfield_size / 8
+        } else {
+            self.size_of(member.type_id)
+                .ok_or_else(|| BtfError::NoMember { path: full() })?
+        };
+        if bits % 8 != 0 {
+            return Err(BtfError::Bitfield { path: full() });
+        }
+        Ok(Field {
+            offset: bits / 8,
+            size,
+        })
+    }
+}
+
+/// The offsets the kernel program needs, read from this kernel's BTF.
+pub fn tracker_offsets(btf: &Btf) -> Result<TrackerConfig, BtfError> {
+    let protocol = btf.field("sock", "sk_protocol")?;
+    if !matches!(protocol.size, 1 | 2) {
+        return Err(BtfError::Malformed {
+            reason: format!(
+                "sock.sk_protocol is {} bytes, expected 1 or 2",
+                protocol.size
+            ),
+        });
+    }
+    Ok(TrackerConfig {
+        off_sport: btf.field("inet_sock", "inet_sport")?.offset,
+        off_sk_family: btf.field("sock", "__sk_common.skc_family")?.offset,
+        off_sk_protocol: protocol.offset,
+        off_sk_net: btf.field("sock", "__sk_common.skc_net.net")?.offset,
+        off_net_inum: btf.field("net", "ns.inum")?.offset,
+        sk_protocol_size: protocol.size,
+        netns_inum: 0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Builds a BTF blob by hand: a minimal stand-in for vmlinux with the
+    /// shapes the real one has (anonymous unions, typedefs, bitfields).
+    struct Builder {
+        types: Vec<u8>,
+        strings: Vec<u8>,
+        next_id: u32,
+    }
+
+    impl Builder {
+        fn new() -> Self {
+            Builder {
+                types: Vec::new(),
+                strings: vec![0],
+                next_id: 1,
+            }
+        }
+        fn string(&mut self, s: &str) -> u32 {
+            if s.is_empty() {
+                return 0;
+            }
+            let off = self.strings.len() as u32;
+            self.strings.extend_from_slice(s.as_bytes());
+            self.strings.push(0);
+            off
+        }
+        fn push(&mut self, name: &str, kind: u32, flag: bool, vlen: u32, size_or_type: u32) -> u32 {
+            let name = self.string(name);
+            let info = vlen | (kind << 24) | (u32::from(flag) << 31);
+            for w in [name, info, size_or_type] {
+                self.types.extend_from_slice(&w.to_le_bytes());
+            }
+            self.next_id += 1;
+            self.next_id - 1
+        }
+        fn int(&mut self, name: &str, bytes: u32) -> u32 {
+            let id = self.push(name, KIND_INT, false, 0, bytes);
+            self.types.extend_from_slice(&(bytes * 8).to_le_bytes());
+            id
+        }
+        fn compound(
+            &mut self,
+            name: &str,
+            kind: u32,
+            size: u32,
+            members: &[(&str, u32, u32, u32)],
+        ) -> u32 {
+            let flag = members.iter().any(|m| m.3 != 0);
+            let id = self.push(name, kind, flag, members.len() as u32, size);
+            for &(mname, ty, bit_off, bf) in members {
+                let mname = self.string(mname);
+                let off = if flag { (bf << 24) | bit_off } else { bit_off };
+                for w in [mname, ty, off] {
+                    self.types.extend_from_slice(&w.to_le_bytes());
+                }
+            }
+            id
+        }
+        fn finish(self) -> Vec<u8> {
+            let mut out = Vec::new();
+            out.extend_from_slice(&BTF_MAGIC.to_le_bytes());
+            out.extend_from_slice(&[1, 0]);
+            for w in [
+                24u32,
+                0,
+                self.types.len() as u32,
+                self.types.len() as u32,
+                self.strings.len() as u32,
+            ] {
+                out.extend_from_slice(&w.to_le_bytes());
+            }
+            out.extend_from_slice(&self.types);
+            out.extend_from_slice(&self.strings);
+            out
+        }
+    }
+
+    fn sample(protocol_bitfield: bool) -> Vec<u8> {
+        let mut b = Builder::new();
+        let u16_t = b.int("unsigned short", 2);
+        let u32_t = b.int("unsigned int", 4);
+        let u8_t = b.int("unsigned char", 1);
+        let be16 = b.push("__be16", KIND_TYPEDEF, false, 0, u16_t);
+        let ns_common = b.compound(
+            "ns_common",
+            KIND_STRUCT,
+            32,
+            &[("stashed", u32_t, 0, 0), ("inum", u32_t, 24 * 8, 0)],
+        );
+        let net = b.compound(
+            "net",
+            KIND_STRUCT,
+            128,
+            &[("passive", u32_t, 0, 0), ("ns", ns_common, 64 * 8, 0)],
+        );
+        let net_ptr = b.push("", KIND_PTR, false, 0, net);
+        let possible_net = b.compound("", KIND_STRUCT, 8, &[("net", net_ptr, 0, 0)]);
+        let possible_net_t = b.push("possible_net_t", KIND_TYPEDEF, false, 0, possible_net);
+        let ports = b.compound(
+            "",
+            KIND_STRUCT,
+            4,
+            &[("skc_dport", be16, 0, 0), ("skc_num", u16_t, 16, 0)],
+        );
+        let port_union = b.compound(
+            "",
+            KIND_UNION,
+            4,
+            &[("skc_portpair", u32_t, 0, 0), ("", ports, 0, 0)],
+        );
+        let net_union = b.compound("", KIND_UNION, 8, &[("skc_net", possible_net_t, 0, 0)]);
+        let sock_common = b.compound(
+            "sock_common",
+            KIND_STRUCT,
+            136,
+            &[
+                ("", port_union, 96, 0),
+                ("skc_family", u16_t, 128, 0),
+                ("", net_union, 48 * 8, 0),
+            ],
+        );
+        let const_sc = b.push("", KIND_CONST, false, 0, sock_common);
+        let protocol = if protocol_bitfield {
+            ("sk_protocol", u32_t, 514 * 8, 8)
+        } else {
+            ("sk_protocol", u16_t, 516 * 8, 0)
+        };
+        let sock = b.compound(
+            "sock",
+            KIND_STRUCT,
+            760,
+            &[
+                ("__sk_common", const_sc, 0, 0),
+                ("sk_flags", u8_t, 512 * 8, 0),
+                protocol,
+            ],
+        );
+        b.compound(
+            "inet_sock",
+            KIND_STRUCT,
+            900,
+            &[("sk", sock, 0, 0), ("inet_sport", be16, 798 * 8, 0)],
+        );
+        b.finish()
+    }
+
+    #[test]
+    fn finds_offsets_through_anonymous_unions_and_typedefs() {
+        let btf = Btf::parse(&sample(false)).expect("parse");
+        let cfg = tracker_offsets(&btf).expect("offsets");
+        assert_eq!(cfg.off_sport, 798);
+        assert_eq!(cfg.off_sk_family, 16);
+        assert_eq!(cfg.off_sk_net, 48);
+        assert_eq!(cfg.off_net_inum, 64 + 24);
+        assert_eq!((cfg.off_sk_protocol, cfg.sk_protocol_size), (516, 2));
+        assert_eq!(
+            btf.field("sock", "__sk_common.skc_num").expect("num"),
+            Field {
+                offset: 14,
+                size: 2
+            }
+        );
+    }
+
+    #[test]
+    fn reads_byte_aligned_bitfield_protocol_of_older_kernels() {
+        let btf = Btf::parse(&sample(true)).expect("parse");
+        let cfg = tracker_offsets(&btf).expect("offsets");
+        assert_eq!((cfg.off_sk_protocol, cfg.sk_protocol_size), (514, 1));
+    }
+
+    #[test]
+    fn names_the_missing_member() {
+        let btf = Btf::parse(&sample(false)).expect("parse");
+        let err = btf
+            .field("sock", "__sk_common.skc_nope")
+            .expect_err("missing");
+        assert_eq!(
+            err.to_string(),
+            "member sock.__sk_common.skc_nope not found in kernel BTF"
+        );
+        let err = btf.field("nosuch", "x").expect_err("missing");
+        assert_eq!(err.to_string(), "struct nosuch not found in kernel BTF");
+    }
+
+    #[test]
+    fn rejects_truncated_and_foreign_data() {
+        assert!(Btf::parse(b"").is_err());
+        assert!(Btf::parse(b"\x9f\xeb\x01\x00").is_err());
+        let mut data = sample(false);
+        data.truncate(60);
+        assert!(Btf::parse(&data).is_err());
+    }
+
+    /// The real kernel: the offsets this machine's BTF gives must be the ones
+    /// its layout has (checked again against live sockets at load time).
+    #[test]
+    fn reads_running_kernel_btf() {
+        let path = Path::new(VMLINUX_BTF);
+        if !path.exists() {
+            println!("skipping: {VMLINUX_BTF} absent (kernel without CONFIG_DEBUG_INFO_BTF)");
+            return;
+        }
+        let btf = Btf::from_file(path).expect("parse vmlinux BTF");
+        let cfg = tracker_offsets(&btf).expect("offsets");
+        // struct sock_common's first 16 bytes are addresses and ports on
+        // every kernel since 4.x; skc_family follows at 16.
+        assert_eq!(cfg.off_sk_family, 16);
+        assert_eq!(
+            btf.field("sock", "__sk_common.skc_num")
+                .expect("num")
+                .offset,
+            14
+        );
+        assert!(
+            cfg.off_sport > cfg.off_sk_protocol,
+            "inet_sock extends sock"
+        );
+    }
+}

@@ -1,0 +1,278 @@
+//! The slowest source, and the one that works anywhere: `/proc/net/tcp` and
+//! `/proc/net/tcp6`, re-read in full on every request.
+//!
+//! It costs O(sockets in the namespace) per answer, and like every poller it
+//! cannot see a connection that opens and closes between two reads. The
+//! parser is hand-written rather than the `procfs` crate's because it skips
+//! every line whose local port is not followed before parsing anything else,
+//! and allocates nothing per line that it skips.
+use std::{collections::HashSet, io::BufRead};
+
+use super::{ConnectionSource, PortReading, Reading, SourceError, SourceKind};
+
+const TCP4: &str = "/proc/net/tcp";
+const TCP6: &str = "/proc/net/tcp6";
+
+/// TCP states as `/proc/net/tcp` prints them (hex, `include/net/tcp_states.h`).
+const ESTABLISHED: u8 = 0x01;
+const TIME_WAIT: u8 = 0x06;
+const LISTEN: u8 = 0x0A;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+/// What one pass over a table found besides the counts.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ParseStats {
+    pub lines: usize,
+    /// Lines that did not have the documented shape; skipped, never guessed.
+    pub malformed: usize,
+    /// Rows the kernel printed twice across read boundaries; counted once.
+    pub duplicates: usize,
+}
+
+/// Adds the sockets of one `/proc/net/tcp{,6}` table whose local port is in
+/// `reading` to the counts there.
+pub fn parse_table(
+    input: impl BufRead,
+    family: Family,
+    reading: &mut Reading,
+) -> std::io::Result<ParseStats> {
+    let mut stats = ParseStats::default();
+    let mut seen: HashSet<Vec<u8>> = HashSet::new();
+    for (index, line) in input.split(b'\n').enumerate() {
+        let line = line?;
+        if index == 0 || line.iter().all(u8::is_ascii_whitespace) {
+            continue; // the header, or a trailing blank line
+        }
+        stats.lines += 1;
+        let Some(row) = Row::parse(&line) else {
+            stats.malformed += 1;
+            continue;
+        };
+        let Some(port) = reading.get_mut(&row.local_port) else {
+            continue;
+        };
+        // The 4-tuple plus inode identifies a socket: several listeners may
+        // share an address (SO_REUSEPORT), TIME_WAIT sockets all have inode 0.
+        if !seen.insert(row.identity.to_vec()) {
+            stats.duplicates += 1;
+            continue;
+        }
+        match (row.state, family) {
+            (ESTABLISHED, Family::V4) => port.established_v4 += 1,
+            (ESTABLISHED, Family::V6) => port.established_v6 += 1,
+            (TIME_WAIT, _) => port.time_wait += 1,
+            (LISTEN, _) => port.listeners += 1,
+            _ => {}
+        }
+    }
+    Ok(stats)
+}
+
+struct Row<'a> {
+    local_port: u16,
+    state: u8,
+    identity: &'a [u8],
+}
+
+impl<'a> Row<'a> {
+    /// `  sl: LOCAL:PORT REMOTE:PORT ST tx:rx tr:when retrnsmt uid timeout inode ...`
+    fn parse(line: &'a [u8]) -> Option<Self> {
+        let mut fields = line
+            .split(|b| b.is_ascii_whitespace())
+            .filter(|f| !f.is_empty());
+        let slot = fields.next()?;
+        if slot.last() != Some(&b':') {
+            return None;
+        }
+        let local = fields.next()?;
+        let remote = fields.next()?;
+        let state = hex(fields.next()?)?;
+        let (address, port) = split_address(local)?;
+        if !matches!(address.len(), 8 | 32) || split_address(remote).is_none() {
+            return None;
+        }
+        let inode = fields.nth(5)?;
+        if !inode.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        // Everything from the local address through the inode, as one slice.
+        let start = local.as_ptr() as usize - line.as_ptr() as usize;
+        let end = inode.as_ptr() as usize - line.as_ptr() as usize + inode.len();
+        Some(Row {
+            local_port: u16::try_from(hex(port)?).ok()?,
+            state: u8::try_from(state).ok()?,
+            identity: &line[start..end],
+        })
+    }
+}
+
+fn split_address(field: &[u8]) -> Option<(&[u8], &[u8])> {
+    let colon = field.iter().position(|&b| b == b':')?;
+    let (address, port) = (&field[..colon], &field[colon + 1..]);
+    (address.iter().all(u8::is_ascii_hexdigit) && port.len() == 4).then_some((address, port))
+}
+
+fn hex(field: &[u8]) -> Option<u32> {
+    if field.is_empty() || field.len() > 8 {
+        return None;
+    }
+    u32::from_str_radix(std::str::from_utf8(field).ok()?, 16).ok()
+}
+
+/// Reads `/proc/net/tcp` and `/proc/net/tcp6` of the namespace it runs in.
+pub struct ProcNetSource {
+    ports: Vec<u16>,
+}
+
+impl ProcNetSource {
+    pub fn new(ports: Vec<u16>) -> Self {
+        ProcNetSource { ports }
+    }
+
+    fn read_table(
+        path: &'static str,
+        family: Family,
+        reading: &mut Reading,
+    ) -> Result<(), SourceError> {
+        // Read in one pass into memory, reopening every time: a long-lived
+        // reader that seeks back sees a mix of two moments.
+        let data = match std::fs::read(path) {
+            Ok(data) => data,
+            // A kernel without IPv6 has no tcp6 table: no IPv6 sockets.
+            Err(e) if family == Family::V6 && e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(());
+            }
+            Err(source) => return Err(SourceError::Io { path, source }),
+        };
+        let stats = parse_table(&data[..], family, reading)
+            .map_err(|source| SourceError::Io { path, source })?;
+        if stats.malformed > 0 {
+            tracing::warn!(path, malformed = stats.malformed, "skipped malformed lines");
+        }
+        Ok(())
+    }
+}
+
+impl ConnectionSource for ProcNetSource {
+    fn kind(&self) -> SourceKind {
+        SourceKind::Proc
+    }
+
+    fn read(&self) -> Result<Reading, SourceError> {
+        let mut reading: Reading = self
+            .ports
+            .iter()
+            .map(|&p| (p, PortReading::default()))
+            .collect();
+        Self::read_table(TCP4, Family::V4, &mut reading)?;
+        Self::read_table(TCP6, Family::V6, &mut reading)?;
+        Ok(reading)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Captured on Linux 6.18: a listener on 127.0.0.1:8080, one accepted
+    /// connection, one in TIME_WAIT after a server-first close, and a client
+    /// connection to 9090 whose local port is ephemeral.
+    const TCP4_CAPTURE: &str = "\
+  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000:07E8 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 498 1 000000004925ea5f 100 0 0 10 0
+   1: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 8811 1 00000000434827d3 100 0 0 10 0
+   2: 0100007F:E9A0 0100007F:1F90 01 00000000:00000000 00:00000000 00000000     0        0 8813 2 0000000045c90f5f 20 0 0 10 -1
+   3: 0100007F:CC9C 0100007F:2382 01 00000000:00000000 00:00000000 00000000     0        0 8817 2 0000000051aef7e7 20 0 0 10 -1
+   4: 0100007F:1F90 0100007F:E9A0 01 00000000:00000000 00:00000000 00000000     0        0 8814 1 00000000e41bb77c 20 0 0 10 -1
+   5: 0100007F:1F90 0100007F:E9A4 06 00000000:00000000 03:00001766 00000000     0        0 0 3 00000000668e9c9b
+";
+
+    /// The same moment's tcp6: a dual-stack listener on [::]:9090, a native
+    /// IPv6 connection and an IPv4-mapped one accepted by it.
+    const TCP6_CAPTURE: &str = "\
+  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000000000000000000000000000:2382 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 8812 1 000000005b8f57d9 100 0 0 10 0
+   1: 00000000000000000000000001000000:E540 00000000000000000000000001000000:2382 01 00000000:00000000 00:00000000 00000000     0        0 8815 2 00000000547fce2c 20 0 0 10 -1
+   2: 0000000000000000FFFF00000100007F:2382 0000000000000000FFFF00000100007F:CC9C 01 00000000:00000000 00:00000000 00000000     0        0 8818 1 000000009ea7af84 20 0 0 10 -1
+   3: 00000000000000000000000001000000:2382 00000000000000000000000001000000:E540 01 00000000:00000000 00:00000000 00000000     0        0 8816 1 0000000085341760 20 0 0 10 -1
+";
+
+    fn reading(ports: &[u16]) -> Reading {
+        ports.iter().map(|&p| (p, PortReading::default())).collect()
+    }
+
+    #[test]
+    fn counts_server_side_sockets_of_followed_ports_only() {
+        let mut r = reading(&[8080, 9090]);
+        let stats = parse_table(TCP4_CAPTURE.as_bytes(), Family::V4, &mut r).expect("parse");
+        assert_eq!(
+            stats,
+            ParseStats {
+                lines: 6,
+                malformed: 0,
+                duplicates: 0
+            }
+        );
+        let p8080 = r[&8080];
+        assert_eq!(
+            (p8080.established_v4, p8080.time_wait, p8080.listeners),
+            (1, 1, 1)
+        );
+        // 0100007F:CC9C -> :2382 is a client of 9090: local port is ephemeral.
+        assert_eq!(r[&9090], PortReading::default());
+    }
+
+    #[test]
+    fn counts_ipv6_and_ipv4_mapped_connections_on_dual_stack_listener() {
+        let mut r = reading(&[9090]);
+        parse_table(TCP6_CAPTURE.as_bytes(), Family::V6, &mut r).expect("parse");
+        assert_eq!(r[&9090].established_v6, 2);
+        assert_eq!(r[&9090].listeners, 1);
+    }
+
+    #[test]
+    fn counts_a_row_printed_twice_once() {
+        let mut doubled = TCP4_CAPTURE.to_string();
+        doubled.push_str(TCP4_CAPTURE.lines().nth(5).expect("row"));
+        doubled.push('\n');
+        let mut r = reading(&[8080]);
+        let stats = parse_table(doubled.as_bytes(), Family::V4, &mut r).expect("parse");
+        assert_eq!(stats.duplicates, 1);
+        assert_eq!(r[&8080].established_v4, 1);
+    }
+
+    #[test]
+    fn skips_and_counts_malformed_lines() {
+        let input = "header\n\
+            garbage\n\
+            0: 0100007F:1F90 0100007F:E9A0 01\n\
+            1: 0100007F:1F90 0100007F:E9A0 ZZ 0:0 0:0 0 0 0 1 1\n\
+            2: 0100007F:1F9 0100007F:E9A0 01 0:0 0:0 0 0 0 1 1\n\
+            3: 01007F:1F90 0100007F:E9A0 01 0:0 0:0 0 0 0 1 1\n\
+            4: 0100007F:1F90 0100007F:E9A0 01 0:0 0:0 0 0 0 x1 1\n\
+            5 0100007F:1F90 0100007F:E9A0 01 0:0 0:0 0 0 0 1 1\n\
+            6: 0100007F:1F90 0100007F:E9A1 01 0:0 0:0 0 0 0 77 1\n";
+        let mut r = reading(&[8080]);
+        let stats = parse_table(input.as_bytes(), Family::V4, &mut r).expect("parse");
+        assert_eq!(stats.lines, 8);
+        assert_eq!(stats.malformed, 7);
+        assert_eq!(
+            r[&8080].established_v4, 1,
+            "only the well-formed row counts"
+        );
+    }
+
+    #[test]
+    fn header_only_table_is_empty() {
+        let mut r = reading(&[8080]);
+        let header = TCP6_CAPTURE.lines().next().expect("header");
+        let stats = parse_table(header.as_bytes(), Family::V6, &mut r).expect("parse");
+        assert_eq!(stats.lines, 0);
+        assert_eq!(r[&8080], PortReading::default());
+    }
+}
