@@ -22,6 +22,7 @@ pub const IPPROTO_TCP: u16 = 6;
 
 /// TCP states as numbered in the kernel (`include/net/tcp_states.h`).
 pub const TCP_ESTABLISHED: i32 = 1;
+pub const TCP_CLOSE: i32 = 7;
 pub const TCP_LISTEN: i32 = 10;
 
 /// Indices into the `STATS` per-CPU array: the program's own health counters.

@@ -21,8 +21,8 @@ use aya_ebpf::{
 };
 use spawner_sidecar_common::{
     AF_INET, IPPROTO_TCP, MAX_PORTS, PORT_SLOT_ENTRIES, PortCounts, SELFTEST_SLOT, STAT_ENTRIES,
-    STAT_EVENTS, STAT_NOT_TCP, STAT_OTHER_NETNS, STAT_READ_ERRORS, SelfTestRecord, TCP_ESTABLISHED,
-    TCP_LISTEN, TrackerConfig,
+    STAT_EVENTS, STAT_NOT_TCP, STAT_OTHER_NETNS, STAT_READ_ERRORS, SelfTestRecord, TCP_CLOSE,
+    TCP_ESTABLISHED, TCP_LISTEN, TrackerConfig,
 };
 
 /// Offsets and filters, set by the loader (`EbpfLoader::set_global`).
@@ -139,7 +139,11 @@ fn try_track_tcp_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
     if newstate == TCP_LISTEN {
         counts.listening += 1;
     }
-    if oldstate == TCP_LISTEN {
+    // A listener only ever leaves LISTEN for CLOSE. LISTEN -> SYN_RECV is a
+    // new child: inet_csk_clone_lock() copies the listener, state included,
+    // then moves the copy to SYN_RECV, so it must not count as a listener
+    // going away.
+    if oldstate == TCP_LISTEN && newstate == TCP_CLOSE {
         counts.listening -= 1;
     }
     if newstate == TCP_ESTABLISHED || oldstate == TCP_ESTABLISHED {

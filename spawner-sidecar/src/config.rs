@@ -1,10 +1,10 @@
 //! Command line and environment -> one validated [`Config`]. Every flag can
 //! also be set as `SPAWNER_SIDECAR_<FLAG>`; a flag wins over its variable.
-use std::{net::IpAddr, time::Duration};
+use std::{net::IpAddr, path::PathBuf, time::Duration};
 
 use clap::Parser;
 
-use crate::source::SourceChoice;
+use crate::source::{SourceChoice, SourceOptions};
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -35,6 +35,10 @@ pub struct Config {
     /// Where connection counts come from; auto picks the best that works here
     #[arg(long, env = "SPAWNER_SIDECAR_SOURCE", value_enum, default_value_t = SourceChoice::Auto)]
     pub source: SourceChoice,
+
+    /// Kernel BTF to take struct offsets from, for kernels that keep it elsewhere
+    #[arg(long, env = "SPAWNER_SIDECAR_KERNEL_BTF", default_value = crate::kernel_btf::VMLINUX_BTF)]
+    pub kernel_btf: PathBuf,
 }
 
 impl Config {
@@ -42,8 +46,11 @@ impl Config {
         Duration::from_secs(self.refresh_rate_seconds)
     }
 
-    pub fn ports(&self) -> Vec<u16> {
-        vec![self.monitor_port]
+    pub fn source_options(&self) -> SourceOptions {
+        SourceOptions {
+            ports: vec![self.monitor_port],
+            kernel_btf: self.kernel_btf.clone(),
+        }
     }
 }
 

@@ -5,11 +5,11 @@ mod http;
 mod kernel_btf;
 mod source;
 
-use std::{future::Future, process::ExitCode, sync::Arc};
+use std::{future::Future, io::IsTerminal as _, process::ExitCode, sync::Arc};
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     activity::{Activity, boottime_ns},
@@ -25,6 +25,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -36,7 +37,6 @@ fn main() -> ExitCode {
     match runtime.block_on(run(config, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            error!("{e:#}");
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
@@ -60,8 +60,8 @@ async fn run(
             )
         })?;
 
-    let (choice, ports) = (config.source, config.ports());
-    let source = tokio::task::spawn_blocking(move || source::open(choice, &ports))
+    let (choice, options) = (config.source, config.source_options());
+    let source = tokio::task::spawn_blocking(move || source::open(choice, &options))
         .await
         .context("source start-up task failed")??;
     let state = AppState {

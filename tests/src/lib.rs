@@ -1,1 +1,317 @@
-//! Helpers shared by the black-box tests.
+//! Helpers shared by the black-box tests: start the real binary, talk HTTP
+//! to it, hold real sockets, and ask `ss` for the ground truth.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test helpers: a panic is a test failure"
+)]
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// The binary under test: `cargo xtask test` sets SPAWNER_SIDECAR_BIN to the
+/// release build with the kernel program embedded.
+pub fn binary() -> PathBuf {
+    if let Some(bin) = std::env::var_os("SPAWNER_SIDECAR_BIN") {
+        let bin = PathBuf::from(bin);
+        // Tests run from their own crate's directory: anchor relative paths.
+        return std::fs::canonicalize(&bin).unwrap_or(bin);
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    for profile in ["release", "debug"] {
+        let candidate = root.join("target").join(profile).join("spawner-sidecar");
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    panic!("no spawner-sidecar binary: run the tests with `cargo xtask test`");
+}
+
+/// Whether this kernel can run the eBPF source at all; the eBPF tests skip
+/// (and say so) only where it cannot.
+pub fn ebpf_supported() -> Result<(), String> {
+    if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+        return Err("kernel has no BTF (/sys/kernel/btf/vmlinux)".into());
+    }
+    Ok(())
+}
+
+/// A running sidecar, stopped with SIGTERM when dropped.
+pub struct Sidecar {
+    child: Child,
+    pub port: u16,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Sidecar {
+    /// Starts the binary with `args` (plus a free serve port on loopback)
+    /// and waits until it serves.
+    pub fn start(args: &[&str]) -> Sidecar {
+        Self::start_in(None, args, &[])
+    }
+
+    /// As `start`, optionally inside network namespace `netns`, with extra
+    /// environment variables.
+    pub fn start_in(netns: Option<&str>, args: &[&str], env: &[(&str, &str)]) -> Sidecar {
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(binary());
+                c
+            }
+            None => Command::new(binary()),
+        };
+        cmd.args(["--serve-address", "127.0.0.1", "--serve-port", "0"])
+            .args(args)
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn spawner-sidecar");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains(" serving ") {
+                    let port = line
+                        .split_whitespace()
+                        .find_map(|w| w.strip_prefix("address="))
+                        .and_then(|a| a.parse::<SocketAddr>().ok())
+                        .map(|a| a.port());
+                    let _ = tx.send(port);
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let port = match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(Some(port)) => port,
+            _ => {
+                let _ = child.kill();
+                let status = child.wait().ok();
+                std::thread::sleep(Duration::from_millis(100));
+                panic!(
+                    "sidecar did not start ({status:?}); log:\n{}",
+                    log.lock().unwrap().join("\n")
+                );
+            }
+        };
+        Sidecar { child, port, log }
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// `GET path` inside the sidecar's namespace (loopback is per namespace,
+    /// so a sidecar in another namespace is reached through `ip netns exec`).
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        http_get(self.port, path)
+    }
+
+    pub fn status(&self) -> Value {
+        let (code, body) = self.get("/");
+        assert_eq!(
+            code,
+            200,
+            "GET / answered {code}: {body}\nlog:\n{}",
+            self.log()
+        );
+        body
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        self.terminate()
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("sidecar ignored SIGTERM for 10 s; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.terminate();
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 GET on 127.0.0.1: status code and JSON body.
+pub fn http_get(port: u16, path: &str) -> (u16, Value) {
+    let (code, body) = http_request(port, "GET", path);
+    let json = serde_json::from_str(&body)
+        .unwrap_or_else(|e| panic!("GET {path}: body is not JSON ({e}): {body:?}"));
+    (code, json)
+}
+
+/// Any method; returns the status code and raw body.
+pub fn http_request(port: u16, method: &str, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).expect("connect to sidecar");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(stream, "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: 0\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read response");
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, body.to_string())
+}
+
+/// Number of sockets `ss` reports in `state` with local port `port`, in the
+/// current namespace or in `netns`.
+pub fn ss_count(netns: Option<&str>, state: &str, port: u16) -> u64 {
+    let filter = format!("( sport = :{port} )");
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, "ss"]);
+            c
+        }
+        None => Command::new("ss"),
+    };
+    let out = cmd
+        .args(["-Htan", "state", state, &filter])
+        .output()
+        .expect("run ss");
+    assert!(
+        out.status.success(),
+        "ss failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count() as u64
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A listener holding its accepted connections (and their clients) open.
+pub struct Server {
+    listener: TcpListener,
+    addr: SocketAddr,
+    accepted: Vec<TcpStream>,
+    clients: Vec<TcpStream>,
+}
+
+impl Server {
+    pub fn v4(port: u16) -> Server {
+        Self::bind(
+            SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+            SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        )
+    }
+
+    /// A dual-stack listener on [::]; clients reach it on ::1.
+    pub fn dual_stack(port: u16) -> Server {
+        Self::bind(
+            SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)),
+            SocketAddr::from((Ipv6Addr::LOCALHOST, port)),
+        )
+    }
+
+    fn bind(listen: SocketAddr, connect: SocketAddr) -> Server {
+        let listener = TcpListener::bind(listen).unwrap_or_else(|e| panic!("bind {listen}: {e}"));
+        Server {
+            listener,
+            addr: connect,
+            accepted: Vec::new(),
+            clients: Vec::new(),
+        }
+    }
+
+    /// Opens `n` connections and accepts them.
+    pub fn connect(&mut self, n: usize) {
+        self.connect_to(self.addr, n);
+    }
+
+    pub fn connect_to(&mut self, addr: SocketAddr, n: usize) {
+        for _ in 0..n {
+            self.clients
+                .push(TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}")));
+            self.accepted.push(self.listener.accept().unwrap().0);
+        }
+    }
+
+    /// Closes every connection, clients first (no TIME_WAIT on the server).
+    pub fn close_all(&mut self) {
+        self.clients.clear();
+        self.accepted.clear();
+    }
+
+    /// Stops listening (and closes everything).
+    pub fn shutdown(self) {}
+}
+
+/// Polls `check` until it returns Ok or `timeout` passes; the last error
+/// becomes the panic message.
+pub fn eventually<T>(timeout: Duration, mut check: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check() {
+            Ok(v) => return v,
+            Err(e) if Instant::now() > deadline => panic!("not reached within {timeout:?}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// Asserts that the sidecar's counts equal `ss`'s and `want`.
+pub fn expect_established(sidecar: &Sidecar, port: u16, want: u64) {
+    eventually(Duration::from_secs(5), || {
+        let truth = ss_count(None, "established", port);
+        let status = sidecar.status();
+        let got = status["active_connections"].as_u64().unwrap_or(u64::MAX);
+        if got == truth && truth == want {
+            Ok(())
+        } else {
+            Err(format!(
+                "sidecar says {got}, ss says {truth}, expected {want}; status {status}"
+            ))
+        }
+    });
+}
+
+/// Ids of the BPF programs named `name` loaded on the host right now.
+pub fn loaded_program_ids(name: &str) -> std::collections::BTreeSet<u32> {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| p.name_as_str() == Some(name))
+        .map(|p| p.id())
+        .collect()
+}

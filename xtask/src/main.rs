@@ -1,1 +1,57 @@
-fn main() {}
+//! `cargo xtask`: the project's own entry points, which install what they
+//! need (idempotently) before they build, run or test.
+mod build;
+mod setup;
+mod test;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "Set up, build, run and test spawner-sidecar"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install the eBPF toolchain: rust-src for nightly, bpf-linker on nightly's LLVM
+    Setup,
+    /// Release build with the kernel program embedded: target/release/spawner-sidecar
+    Build,
+    /// Build, then run the daemon with ARGS
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Build, then run every test: unit, HTTP and black-box tests on the real kernel
+    Test {
+        /// Extra arguments for the test binaries (e.g. a test name filter)
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Setup => setup::run(),
+        Command::Build => setup::run().and_then(|()| build::release()).map(|_| ()),
+        Command::Run { args } => setup::run()
+            .and_then(|()| build::release())
+            .and_then(|bin| build::run(&bin, &args)),
+        Command::Test { args } => setup::run().and_then(|()| test::run(&args)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

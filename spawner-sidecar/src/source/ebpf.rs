@@ -8,7 +8,6 @@ use std::{
     collections::BTreeMap,
     net::{Ipv4Addr, TcpListener, TcpStream},
     os::unix::fs::MetadataExt as _,
-    path::Path,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -24,7 +23,7 @@ use spawner_sidecar_common::{
 use tracing::{debug, info, warn};
 
 use super::{
-    ConnectionSource, Reading, SourceError, SourceKind,
+    ConnectionSource, Reading, SourceError, SourceKind, SourceOptions,
     reconcile::{Correction, EventCounts, Outcome},
 };
 use crate::kernel_btf::{self, Btf};
@@ -53,7 +52,11 @@ fn unavailable(context: &str, error: impl std::error::Error) -> SourceError {
     let mut reason = format!("{context}: {error}");
     let mut source = error.source();
     while let Some(cause) = source {
-        reason.push_str(&format!(": {cause}"));
+        // Many errors already print their cause; say each thing once.
+        let cause_text = cause.to_string();
+        if !reason.contains(&cause_text) {
+            reason.push_str(&format!(": {cause_text}"));
+        }
         source = cause.source();
     }
     // Verifier logs run to hundreds of lines; keep the error to one line
@@ -80,7 +83,11 @@ pub fn own_netns_inum() -> Result<u32, SourceError> {
 impl EbpfSource {
     /// Loads and attaches the program, self-tests it, follows `ports` and
     /// seeds their counts from `snapshots`.
-    pub fn open(ports: &[u16], snapshots: Arc<dyn ConnectionSource>) -> Result<Self, SourceError> {
+    pub fn open(
+        options: &SourceOptions,
+        snapshots: Arc<dyn ConnectionSource>,
+    ) -> Result<Self, SourceError> {
+        let ports = &options.ports;
         if PROGRAM_OBJECT.is_empty() {
             return Err(SourceError::Unavailable {
                 reason: "this binary was built without the kernel program (build it with `cargo xtask build`)"
@@ -95,15 +102,16 @@ impl EbpfSource {
                 ),
             });
         }
-        let btf_path = Path::new(kernel_btf::VMLINUX_BTF);
-        let offsets = Btf::from_file(btf_path).and_then(|btf| kernel_btf::tracker_offsets(&btf));
+        let offsets =
+            Btf::from_file(&options.kernel_btf).and_then(|btf| kernel_btf::tracker_offsets(&btf));
         let config = TrackerConfig {
             netns_inum: own_netns_inum()?,
             ..offsets.map_err(|e| unavailable("kernel BTF", e))?
         };
         debug!(?config, "struct offsets from kernel BTF");
 
-        let aya_btf = aya::Btf::from_sys_fs().map_err(|e| unavailable("kernel BTF", e))?;
+        let aya_btf = aya::Btf::parse_file(&options.kernel_btf, aya::Endianness::default())
+            .map_err(|e| unavailable("kernel BTF", e))?;
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&aya_btf))
             .override_global("CONFIG", &config, true)

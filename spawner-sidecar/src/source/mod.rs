@@ -5,7 +5,7 @@ pub mod ebpf;
 pub mod procfs;
 mod reconcile;
 
-use std::{collections::BTreeMap, fmt, sync::Arc};
+use std::{collections::BTreeMap, fmt, path::PathBuf, sync::Arc};
 
 use tracing::{info, warn};
 
@@ -103,19 +103,30 @@ pub trait ConnectionSource: Send + Sync {
     }
 }
 
-/// Opens the source `choice` names for `ports`. Under `Auto`, a source that
-/// cannot work here is logged with its reason and the next one is tried.
-pub fn open(choice: SourceChoice, ports: &[u16]) -> anyhow::Result<Arc<dyn ConnectionSource>> {
-    let proc_source = || Arc::new(procfs::ProcNetSource::new(ports.to_vec()));
+/// What every source needs to know to start.
+#[derive(Clone, Debug)]
+pub struct SourceOptions {
+    pub ports: Vec<u16>,
+    /// Where the kernel's BTF is (`--kernel-btf`).
+    pub kernel_btf: PathBuf,
+}
+
+/// Opens the source `choice` names. Under `Auto`, a source that cannot work
+/// here is logged with its reason and the next one is tried.
+pub fn open(
+    choice: SourceChoice,
+    options: &SourceOptions,
+) -> anyhow::Result<Arc<dyn ConnectionSource>> {
+    let proc_source = || Arc::new(procfs::ProcNetSource::new(options.ports.clone()));
     match choice {
         SourceChoice::Proc => Ok(proc_source()),
-        SourceChoice::Ebpf => ebpf::EbpfSource::open(ports, proc_source())
+        SourceChoice::Ebpf => ebpf::EbpfSource::open(options, proc_source())
             .map(|s| Arc::new(s) as Arc<dyn ConnectionSource>)
             .map_err(|e| anyhow::anyhow!("eBPF source unavailable: {e}")),
         SourceChoice::SockDiag => Err(anyhow::anyhow!(
             "the sock-diag source is not implemented yet; use --source ebpf or proc"
         )),
-        SourceChoice::Auto => match ebpf::EbpfSource::open(ports, proc_source()) {
+        SourceChoice::Auto => match ebpf::EbpfSource::open(options, proc_source()) {
             Ok(source) => {
                 info!(source = "ebpf", "using the eBPF source");
                 Ok(Arc::new(source))

@@ -1,0 +1,88 @@
+//! `cargo xtask test`: unit tests, then the black-box tests against the
+//! release binary on the real kernel, one at a time (they share the
+//! kernel's sockets and ports).
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
+
+use crate::build::{self, run_checked};
+
+/// Tools the black-box tests use as ground truth or to build namespaces.
+const TEST_TOOLS: &[(&str, &[&str], &str)] =
+    &[("ss", &["-V"], "iproute2"), ("ip", &["-V"], "iproute2")];
+
+pub fn run(extra: &[String]) -> anyhow::Result<()> {
+    ensure_test_tools()?;
+    let bin = build::release()?;
+
+    println!("[test] unit and HTTP tests");
+    run_checked(
+        build::cargo()
+            .args([
+                "test",
+                "--release",
+                "--workspace",
+                "--exclude",
+                "integration-tests",
+                "--",
+            ])
+            .args(extra),
+        "unit tests",
+    )?;
+
+    println!(
+        "[test] black-box tests on the real kernel with {}",
+        bin.display()
+    );
+    run_checked(
+        build::cargo()
+            .env("SPAWNER_SIDECAR_BIN", &bin)
+            .args([
+                "test",
+                "--release",
+                "--package",
+                "integration-tests",
+                "--",
+                "--test-threads=1",
+            ])
+            .args(extra),
+        "black-box tests",
+    )
+}
+
+fn ensure_test_tools() -> anyhow::Result<()> {
+    let missing: Vec<&str> = TEST_TOOLS
+        .iter()
+        .filter(|(tool, args, _)| {
+            Command::new(tool)
+                .args(*args)
+                .output()
+                .map(|o| !o.status.success())
+                .unwrap_or(true)
+        })
+        .map(|(_, _, package)| *package)
+        .collect();
+    if missing.is_empty() {
+        println!("[test] ss and ip present");
+        return Ok(());
+    }
+    println!(
+        "[test] installing {} for the black-box tests",
+        missing.join(" ")
+    );
+    run_checked(
+        Command::new("apt-get").arg("update").arg("-q"),
+        "apt-get update",
+    )
+    .context("the tests need ss and ip (package iproute2)")?;
+    run_checked(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q"])
+            .args(&missing),
+        "apt-get install",
+    )?;
+    if Command::new("ss").arg("-V").output().is_err() {
+        bail!("ss still missing after installing iproute2");
+    }
+    Ok(())
+}
