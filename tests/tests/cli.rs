@@ -100,14 +100,14 @@ fn ebpf_that_cannot_load_is_one_line_and_exit_1() {
 }
 
 #[test]
-fn auto_falls_back_to_proc_with_a_warning() {
+fn auto_falls_back_to_sock_diag_with_a_warning() {
     let sidecar = Sidecar::start(&[
         "--kernel-btf",
         "/nonexistent/vmlinux",
         "--monitor-port",
         &free_port().to_string(),
     ]);
-    assert_eq!(sidecar.status()["source"], "proc");
+    assert_eq!(sidecar.status()["source"], "sock-diag");
     let log = sidecar.log();
     assert!(
         log.contains("WARN")

@@ -63,6 +63,11 @@ fn proc_counts_connections_from_before_start_and_after_and_closed() {
 }
 
 #[test]
+fn sock_diag_counts_connections_from_before_start_and_after_and_closed() {
+    before_during_and_after("sock-diag");
+}
+
+#[test]
 fn auto_picks_ebpf_where_the_kernel_allows() {
     if let Err(reason) = ebpf_supported() {
         println!("skipping: {reason}");
@@ -83,7 +88,7 @@ fn counts_ipv6_and_ipv4_mapped_connections_on_dual_stack_listener() {
         println!("skipping: {reason}");
         return;
     }
-    for source in ["ebpf", "proc"] {
+    for source in ["ebpf", "sock-diag", "proc"] {
         let port = free_port();
         let mut server = Server::dual_stack(port);
         let sidecar = Sidecar::start(&["--source", source, "--monitor-port", &port.to_string()]);

@@ -4,6 +4,7 @@
 pub mod ebpf;
 pub mod procfs;
 mod reconcile;
+pub mod sock_diag;
 
 use std::{collections::BTreeMap, fmt, path::PathBuf, sync::Arc};
 
@@ -13,6 +14,7 @@ use tracing::{info, warn};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SourceKind {
     Ebpf,
+    SockDiag,
     Proc,
 }
 
@@ -20,6 +22,7 @@ impl SourceKind {
     pub fn as_str(self) -> &'static str {
         match self {
             SourceKind::Ebpf => "ebpf",
+            SourceKind::SockDiag => "sock-diag",
             SourceKind::Proc => "proc",
         }
     }
@@ -34,11 +37,11 @@ impl fmt::Display for SourceKind {
 /// The `--source` flag.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum SourceChoice {
-    /// The best source that works here: ebpf, else proc.
+    /// The best source that works here: ebpf, else sock-diag, else proc.
     Auto,
     /// Kernel program on the inet_sock_set_state tracepoint.
     Ebpf,
-    /// Netlink sock_diag (not in this release; see the README).
+    /// Netlink sock_diag, states filtered in the kernel.
     SockDiag,
     /// /proc/net/tcp and /proc/net/tcp6.
     Proc,
@@ -82,6 +85,9 @@ pub enum SourceError {
         path: &'static str,
         source: std::io::Error,
     },
+    /// A netlink sock_diag request failed.
+    #[error("sock_diag: {reason}")]
+    Netlink { reason: String },
     /// A BPF map operation failed.
     #[error("BPF map {map}: {source}")]
     Map {
@@ -117,27 +123,41 @@ pub fn open(
     choice: SourceChoice,
     options: &SourceOptions,
 ) -> anyhow::Result<Arc<dyn ConnectionSource>> {
-    let proc_source = || Arc::new(procfs::ProcNetSource::new(options.ports.clone()));
+    let ports = || options.ports.clone();
+    let proc_source = || Arc::new(procfs::ProcNetSource::new(ports())) as Arc<dyn ConnectionSource>;
+    let sock_diag = || -> Result<Arc<dyn ConnectionSource>, SourceError> {
+        let source = sock_diag::SockDiagSource::new(ports());
+        source.read()?; // proves the kernel answers before we rely on it
+        Ok(Arc::new(source))
+    };
+    // The eBPF source's snapshots (seeding, TIME_WAIT): the cheapest poller.
+    let snapshots = || match sock_diag() {
+        Ok(source) => source,
+        Err(e) => {
+            warn!("sock_diag unavailable ({e}); eBPF snapshots will read /proc");
+            proc_source()
+        }
+    };
+    let ebpf = || {
+        ebpf::EbpfSource::open(options, snapshots())
+            .map(|s| Arc::new(s) as Arc<dyn ConnectionSource>)
+    };
     match choice {
         SourceChoice::Proc => Ok(proc_source()),
-        SourceChoice::Ebpf => ebpf::EbpfSource::open(options, proc_source())
-            .map(|s| Arc::new(s) as Arc<dyn ConnectionSource>)
-            .map_err(|e| anyhow::anyhow!("eBPF source unavailable: {e}")),
-        SourceChoice::SockDiag => Err(anyhow::anyhow!(
-            "the sock-diag source is not implemented yet; use --source ebpf or proc"
-        )),
-        SourceChoice::Auto => match ebpf::EbpfSource::open(options, proc_source()) {
-            Ok(source) => {
-                info!(source = "ebpf", "using the eBPF source");
-                Ok(Arc::new(source))
-            }
-            Err(e) => {
-                warn!(
-                    source = "proc",
-                    "eBPF source unavailable ({e}); falling back to /proc/net/tcp"
-                );
-                Ok(proc_source())
-            }
-        },
+        SourceChoice::SockDiag => {
+            sock_diag().map_err(|e| anyhow::anyhow!("sock-diag source unavailable: {e}"))
+        }
+        SourceChoice::Ebpf => ebpf().map_err(|e| anyhow::anyhow!("eBPF source unavailable: {e}")),
+        SourceChoice::Auto => {
+            let source = ebpf()
+                .inspect_err(|e| warn!("eBPF source unavailable ({e}); trying sock_diag"))
+                .or_else(|_| sock_diag())
+                .inspect_err(|e| {
+                    warn!("sock-diag source unavailable ({e}); falling back to /proc/net/tcp")
+                })
+                .unwrap_or_else(|_| proc_source());
+            info!(source = %source.kind(), "source chosen");
+            Ok(source)
+        }
     }
 }
