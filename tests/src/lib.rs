@@ -315,3 +315,86 @@ pub fn loaded_program_ids(name: &str) -> std::collections::BTreeSet<u32> {
         .map(|p| p.id())
         .collect()
 }
+
+/// A network namespace made for one test (`ip netns add`), loopback up,
+/// deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Netns {
+        let name = format!("ss-test-{tag}-{}", std::process::id());
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(Stdio::null())
+            .status();
+        let ok = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "ip netns add {name} failed");
+        let up = Command::new("ip")
+            .args(["netns", "exec", &name, "ip", "link", "set", "lo", "up"])
+            .status()
+            .unwrap();
+        assert!(up.success(), "bringing lo up in {name} failed");
+        Netns { name }
+    }
+
+    /// Runs `f` on a thread that has entered this namespace: sockets it
+    /// creates live there, wherever they are used afterwards.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/var/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+            // SAFETY: setns(2) on a valid namespace fd; only this thread moves.
+            let rc =
+                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .unwrap()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// `field` of the sidecar's status as a number.
+pub fn field(sidecar: &Sidecar, name: &str) -> u64 {
+    let status = sidecar.status();
+    status[name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{name} missing in {status}"))
+}
+
+/// Waits until the sidecar's `field` equals `ss`'s count of `state` and
+/// `want`, failing with both values.
+pub fn expect_matches_ss(
+    sidecar: &Sidecar,
+    field_name: &str,
+    state: &str,
+    port: u16,
+    want: u64,
+    timeout: Duration,
+) {
+    eventually(timeout, || {
+        let truth = ss_count(None, state, port);
+        let got = field(sidecar, field_name);
+        if got == truth && truth == want {
+            Ok(())
+        } else {
+            Err(format!(
+                "{field_name}: sidecar {got}, ss {truth}, expected {want}"
+            ))
+        }
+    });
+}

@@ -1,0 +1,378 @@
+//! Where pollers are wrong: other namespaces, TIME_WAIT, short requests,
+//! restarts, and TCP-only counting. On the eBPF source unless noted.
+use std::{
+    io::{Read, Write},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    time::{Duration, Instant},
+};
+
+use integration_tests::{
+    Netns, Server, Sidecar, ebpf_supported, eventually, expect_established, expect_matches_ss,
+    field, free_port, ss_count,
+};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+macro_rules! require_ebpf {
+    () => {
+        if let Err(reason) = ebpf_supported() {
+            println!("skipping: {reason}");
+            return;
+        }
+    };
+}
+
+fn start(source: &str, port: u16, refresh: &str) -> Sidecar {
+    Sidecar::start(&[
+        "--source",
+        source,
+        "--monitor-port",
+        &port.to_string(),
+        "--refresh-rate-seconds",
+        refresh,
+    ])
+}
+
+#[test]
+fn connections_in_another_namespace_on_the_same_port_change_nothing() {
+    require_ebpf!();
+    let port = free_port();
+    let other = Netns::new("other");
+    // 25 connections to the same port number in another namespace, before
+    // start: the seeding snapshot must not see them.
+    let theirs = other.run(move || {
+        let mut s = Server::v4(port);
+        s.connect(25);
+        s
+    });
+    // A long tick, so no reconcile can mask a kernel-side filter failure.
+    let sidecar = start("ebpf", port, "3600");
+    let mut ours = Server::v4(port);
+    ours.connect(5);
+    expect_established(&sidecar, port, 5);
+    // 25 more over there while we watch, then all of theirs closed: each
+    // would move our count if the program did not filter by namespace.
+    let mut theirs = other.run(move || {
+        let mut s = theirs;
+        s.connect(25);
+        s
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let status = sidecar.status();
+    assert_eq!(
+        status["active_connections"], 5,
+        "after 25 opened elsewhere: {status}"
+    );
+    theirs.close_all();
+    std::thread::sleep(Duration::from_millis(200));
+    let status = sidecar.status();
+    assert_eq!(
+        status["active_connections"], 5,
+        "after 50 closed elsewhere: {status}"
+    );
+    assert_eq!(ss_count(None, "established", port), 5);
+    theirs.shutdown();
+    assert_eq!(
+        sidecar.status()["listening"],
+        true,
+        "their listener closing is not ours"
+    );
+}
+
+#[test]
+fn sidecar_in_a_namespace_counts_only_that_namespace() {
+    require_ebpf!();
+    let port = free_port();
+    let ns = Netns::new("pod");
+    let mut ours = Server::v4(port);
+    ours.connect(10); // noise in the root namespace
+    let sidecar = Sidecar::start_in(
+        Some(&ns.name),
+        &["--source", "ebpf", "--monitor-port", &port.to_string()],
+        &[],
+    );
+    // The sidecar's loopback is the namespace's: query it from inside.
+    let sidecar_port = sidecar.port;
+    let mut pod = ns.run(move || {
+        let mut s = Server::v4(port);
+        s.connect(3);
+        s
+    });
+    let status = ns.run(move || integration_tests::http_get(sidecar_port, "/").1);
+    assert_eq!(status["source"], "ebpf", "{status}");
+    assert_eq!(status["active_connections"], 3, "{status}");
+    pod.close_all();
+    eventually(Duration::from_secs(5), || {
+        let status = ns.run(move || integration_tests::http_get(sidecar_port, "/").1);
+        (status["active_connections"] == 0)
+            .then_some(())
+            .ok_or(format!("{status}"))
+    });
+    drop(sidecar);
+}
+
+/// Server-first closes leave TIME_WAIT on the monitored port.
+fn server_first_closes(port: u16, n: usize) -> Vec<u16> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).unwrap();
+    let mut client_ports = Vec::new();
+    for _ in 0..n {
+        let mut client = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
+        client_ports.push(client.local_addr().unwrap().port());
+        let (server, _) = listener.accept().unwrap();
+        drop(server); // server closes first: FIN_WAIT -> TIME_WAIT on our side
+        let mut buf = [0u8; 1];
+        assert_eq!(client.read(&mut buf).unwrap(), 0);
+        drop(client);
+    }
+    client_ports
+}
+
+fn waiting_follows_time_wait(source: &str) {
+    let port = free_port();
+    let sidecar = start(source, port, "1");
+    let client_ports = server_first_closes(port, 12);
+    expect_matches_ss(
+        &sidecar,
+        "waiting_connections",
+        "time-wait",
+        port,
+        12,
+        Duration::from_secs(3),
+    );
+    assert_eq!(
+        field(&sidecar, "seconds_since_active"),
+        0,
+        "TIME_WAIT is activity"
+    );
+
+    // Early death by reuse: a new SYN from the same client port takes over
+    // the TIME_WAIT socket (RFC 6191), which dies without any event.
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).unwrap();
+    let mut reused = Vec::new();
+    for &client_port in &client_ports[..4] {
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+        socket.set_reuse_address(true).unwrap();
+        socket
+            .bind(&SockAddr::from(SocketAddr::from((
+                Ipv4Addr::LOCALHOST,
+                client_port,
+            ))))
+            .unwrap();
+        socket
+            .connect(&SockAddr::from(SocketAddr::from((
+                Ipv4Addr::LOCALHOST,
+                port,
+            ))))
+            .unwrap();
+        reused.push((socket, listener.accept().unwrap().0));
+    }
+    expect_matches_ss(
+        &sidecar,
+        "waiting_connections",
+        "time-wait",
+        port,
+        8,
+        Duration::from_secs(3),
+    );
+    expect_matches_ss(
+        &sidecar,
+        "active_connections",
+        "established",
+        port,
+        4,
+        Duration::from_secs(1),
+    );
+}
+
+#[test]
+fn waiting_equals_ss_time_wait_within_a_tick_including_early_death_ebpf() {
+    require_ebpf!();
+    waiting_follows_time_wait("ebpf");
+}
+
+#[test]
+fn waiting_equals_ss_time_wait_including_early_death_sock_diag() {
+    waiting_follows_time_wait("sock-diag");
+}
+
+#[test]
+fn waiting_equals_ss_time_wait_including_early_death_proc() {
+    waiting_follows_time_wait("proc");
+}
+
+#[test]
+fn short_client_closed_requests_count_as_activity() {
+    require_ebpf!();
+    let port = free_port();
+    // Default 10 s tick: only kernel events can see these connections.
+    let sidecar = Sidecar::start(&["--source", "ebpf", "--monitor-port", &port.to_string()]);
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).unwrap();
+    let server = std::thread::spawn(move || {
+        for _ in 0..5 {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 64];
+            while conn.read(&mut buf).unwrap_or(0) > 0 {}
+            // The client closed first; the server closes after: no
+            // TIME_WAIT on the monitored port.
+        }
+        listener
+    });
+    let mut worst = 0;
+    let start = Instant::now();
+    for request in 0..5 {
+        let mut client = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
+        client.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+        std::thread::sleep(Duration::from_millis(10));
+        drop(client);
+        // Ask at several moments until the next request, one per second.
+        while start.elapsed() < Duration::from_secs(request + 1) {
+            std::thread::sleep(Duration::from_millis(150));
+            worst = worst.max(field(&sidecar, "seconds_since_active"));
+        }
+    }
+    let _listener = server.join().unwrap();
+    assert_eq!(
+        ss_count(None, "time-wait", port),
+        0,
+        "client-first close leaves no TIME_WAIT here"
+    );
+    assert!(
+        worst <= 1,
+        "seconds_since_active reached {worst} while a request arrived every second"
+    );
+    std::thread::sleep(Duration::from_secs(6));
+    let idle = field(&sidecar, "seconds_since_active");
+    assert!((5..=7).contains(&idle), "after 6 s of quiet: {idle}");
+}
+
+#[test]
+fn service_restart_flips_listening_and_keeps_counts_exact() {
+    require_ebpf!();
+    let port = free_port();
+    let sidecar = start("ebpf", port, "1");
+    let mut server = Server::v4(port);
+    server.connect(3);
+    expect_established(&sidecar, port, 3);
+    assert_eq!(sidecar.status()["listening"], true);
+    server.shutdown();
+    eventually(
+        Duration::from_secs(3),
+        || match sidecar.status()["listening"].as_bool() {
+            Some(false) => Ok(()),
+            other => Err(format!("listening {other:?} after stop")),
+        },
+    );
+    expect_established(&sidecar, port, 0);
+    let mut server = Server::v4(port);
+    assert_eq!(sidecar.status()["listening"], true);
+    server.connect(2);
+    expect_established(&sidecar, port, 2);
+}
+
+#[test]
+fn mptcp_connection_level_transitions_are_not_counted_twice() {
+    require_ebpf!();
+    const IPPROTO_MPTCP: i32 = 262;
+    let Ok(listener) = Socket::new(
+        Domain::IPV4,
+        Type::STREAM,
+        Some(Protocol::from(IPPROTO_MPTCP)),
+    ) else {
+        println!("skipping: kernel without MPTCP (CONFIG_MPTCP or net.mptcp.enabled)");
+        return;
+    };
+    let port = free_port();
+    let sidecar = start("ebpf", port, "1");
+    listener
+        .bind(&SockAddr::from(SocketAddr::from((
+            Ipv4Addr::LOCALHOST,
+            port,
+        ))))
+        .unwrap();
+    listener.listen(16).unwrap();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let client = Socket::new(
+            Domain::IPV4,
+            Type::STREAM,
+            Some(Protocol::from(IPPROTO_MPTCP)),
+        )
+        .unwrap();
+        client
+            .connect(&SockAddr::from(SocketAddr::from((
+                Ipv4Addr::LOCALHOST,
+                port,
+            ))))
+            .unwrap();
+        held.push((client, listener.accept().unwrap().0));
+    }
+    // ss counts the TCP subflows; the MPTCP sockets above them must not add.
+    eventually(Duration::from_secs(3), || {
+        let (got, truth) = (
+            field(&sidecar, "active_connections"),
+            ss_count(None, "established", port),
+        );
+        (got == truth && truth >= 3)
+            .then_some(())
+            .ok_or(format!("sidecar {got}, ss {truth}"))
+    });
+    assert_eq!(sidecar.status()["listening"], true);
+    held.clear();
+    drop(listener);
+    expect_established(&sidecar, port, 0);
+}
+
+#[test]
+fn sctp_is_not_counted() {
+    // SCTP sockets fire the same tracepoint; only a kernel with SCTP can
+    // show that they are filtered out.
+    const IPPROTO_SCTP: i32 = 132;
+    if Socket::new(
+        Domain::IPV4,
+        Type::STREAM,
+        Some(Protocol::from(IPPROTO_SCTP)),
+    )
+    .is_err()
+    {
+        println!("skipping: kernel without SCTP (CONFIG_IP_SCTP not set)");
+        return;
+    }
+    require_ebpf!();
+    let port = free_port();
+    let sidecar = start("ebpf", port, "1");
+    let listener = Socket::new(
+        Domain::IPV4,
+        Type::STREAM,
+        Some(Protocol::from(IPPROTO_SCTP)),
+    )
+    .unwrap();
+    listener
+        .bind(&SockAddr::from(SocketAddr::from((
+            Ipv4Addr::LOCALHOST,
+            port,
+        ))))
+        .unwrap();
+    listener.listen(4).unwrap();
+    let client = Socket::new(
+        Domain::IPV4,
+        Type::STREAM,
+        Some(Protocol::from(IPPROTO_SCTP)),
+    )
+    .unwrap();
+    client
+        .connect(&SockAddr::from(SocketAddr::from((
+            Ipv4Addr::LOCALHOST,
+            port,
+        ))))
+        .unwrap();
+    let _conn = listener.accept().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let status = sidecar.status();
+    assert_eq!(
+        (
+            status["active_connections"].as_u64(),
+            status["listening"].as_bool()
+        ),
+        (Some(0), Some(false)),
+        "{status}"
+    );
+}
