@@ -255,6 +255,10 @@ impl Server {
         }
     }
 
+    pub fn listener(&self) -> &TcpListener {
+        &self.listener
+    }
+
     /// Opens `n` connections and accepts them.
     pub fn connect(&mut self, n: usize) {
         self.connect_to(self.addr, n);
@@ -397,4 +401,66 @@ pub fn expect_matches_ss(
             ))
         }
     });
+}
+
+/// `count` connections to 127.0.0.1:`port` held by a child process (so this
+/// process keeps its file descriptors for the accepted ends). The listener
+/// must be accepting while this runs.
+pub struct ClientProcess {
+    child: Child,
+}
+
+impl ClientProcess {
+    pub fn connect(port: u16, count: usize) -> ClientProcess {
+        // Built beside the test binaries (target/<profile>/deps/..).
+        let exe = std::env::current_exe()
+            .ok()
+            .and_then(|t| Some(t.parent()?.parent()?.join("hold-connections")))
+            .filter(|p| p.is_file())
+            .expect("hold-connections binary next to the tests: run with `cargo xtask test`");
+        let mut child = Command::new(exe)
+            .args([port.to_string(), count.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn hold-connections");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(
+            line.trim(),
+            format!("ready {count}"),
+            "hold-connections failed"
+        );
+        ClientProcess { child }
+    }
+
+    /// Closes every held connection (client side first).
+    pub fn close(mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ClientProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Accepts every connection on `listener` in the background and keeps it.
+pub fn accept_all(listener: TcpListener) -> Arc<Mutex<Vec<TcpStream>>> {
+    let accepted = Arc::new(Mutex::new(Vec::new()));
+    let sink = accepted.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            match conn {
+                Ok(c) => sink.lock().unwrap().push(c),
+                Err(_) => break,
+            }
+        }
+    });
+    accepted
 }
