@@ -71,8 +71,9 @@ async fn read(state: &AppState) -> Result<Reading, String> {
 }
 
 async fn status(State(state): State<AppState>) -> Response {
+    let result = read(&state).await;
     let name = state.source.kind().as_str();
-    match read(&state).await {
+    match result {
         Ok(reading) => {
             Json(Status::new(&reading, &state.activity, boottime_ns(), name)).into_response()
         }
@@ -85,9 +86,15 @@ async fn status(State(state): State<AppState>) -> Response {
 }
 
 async fn healthz(State(state): State<AppState>) -> Response {
+    let result = read(&state).await;
     let name = state.source.kind().as_str();
-    match read(&state).await {
-        Ok(_) => Json(json!({ "status": "ok", "source": name })).into_response(),
+    match result {
+        Ok(_) => match state.source.degraded() {
+            // Still answering, from a lesser source: alive, but say so.
+            Some(reason) => Json(json!({ "status": "degraded", "source": name, "reason": reason }))
+                .into_response(),
+            None => Json(json!({ "status": "ok", "source": name })).into_response(),
+        },
         Err(error) => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({ "status": "failing", "source": name, "error": error })),

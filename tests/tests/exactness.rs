@@ -376,3 +376,36 @@ fn sctp_is_not_counted() {
         "{status}"
     );
 }
+
+#[test]
+fn runtime_source_failure_falls_back_and_healthz_reports_it() {
+    require_ebpf!();
+    let port = free_port();
+    let mut server = Server::v4(port);
+    server.connect(4);
+    let sidecar = Sidecar::start_in(
+        None,
+        &["--source", "ebpf", "--monitor-port", &port.to_string()],
+        &[("SPAWNER_SIDECAR_FAULT", "ebpf-map-read")],
+    );
+    let status = sidecar.status();
+    assert_eq!(status["source"], "sock-diag", "{status}");
+    assert_eq!(status["active_connections"], 4, "{status}");
+    let (code, health) = sidecar.get("/healthz");
+    assert_eq!(code, 200);
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert!(
+        health["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("ebpf source failed"),
+        "{health}"
+    );
+    assert!(
+        sidecar.log().contains("falling back to sock-diag"),
+        "{}",
+        sidecar.log()
+    );
+    server.connect(1);
+    expect_established(&sidecar, port, 5);
+}

@@ -46,7 +46,13 @@ pub struct EbpfSource {
     slots: BTreeMap<u16, u32>,
     snapshots: Arc<dyn ConnectionSource>,
     corrections: Mutex<BTreeMap<u16, Correction>>,
+    /// Test hook (`SPAWNER_SIDECAR_FAULT=ebpf-map-read`): after start-up,
+    /// every map read fails, to exercise the run-time fallback for real.
+    fail_map_reads: std::sync::atomic::AtomicBool,
 }
+
+/// The environment variable the tests use to inject a run-time failure.
+const FAULT_ENV: &str = "SPAWNER_SIDECAR_FAULT";
 
 fn unavailable(context: &str, error: impl std::error::Error) -> SourceError {
     let mut reason = format!("{context}: {error}");
@@ -154,8 +160,15 @@ impl EbpfSource {
             corrections: Mutex::new(slots.keys().map(|&p| (p, Correction::default())).collect()),
             slots,
             snapshots,
+            fail_map_reads: false.into(),
         };
         source.seed()?;
+        if std::env::var(FAULT_ENV).is_ok_and(|v| v == "ebpf-map-read") {
+            warn!("{FAULT_ENV}=ebpf-map-read: every eBPF map read will now fail");
+            source
+                .fail_map_reads
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         Ok(source)
     }
 
@@ -192,6 +205,14 @@ impl EbpfSource {
     }
 
     fn event_counts(&self) -> Result<BTreeMap<u16, EventCounts>, SourceError> {
+        if self
+            .fail_map_reads
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Err(SourceError::Unavailable {
+                reason: format!("BPF map PORT_COUNTS: read failed ({FAULT_ENV})"),
+            });
+        }
         self.slots
             .iter()
             .map(|(&port, slot)| {

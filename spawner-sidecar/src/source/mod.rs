@@ -2,6 +2,7 @@
 //! ports. Everything above this module (activity, HTTP) sees only
 //! [`ConnectionSource`] and [`Reading`].
 pub mod ebpf;
+mod failover;
 pub mod procfs;
 mod reconcile;
 pub mod sock_diag;
@@ -107,6 +108,10 @@ pub trait ConnectionSource: Send + Sync {
     fn refresh(&self) -> Result<(), SourceError> {
         Ok(())
     }
+    /// Why this source answers with less than it should, if it does.
+    fn degraded(&self) -> Option<String> {
+        None
+    }
 }
 
 /// What every source needs to know to start.
@@ -138,9 +143,12 @@ pub fn open(
             proc_source()
         }
     };
+    // The snapshot source doubles as the backup if eBPF breaks at run time.
     let ebpf = || {
-        ebpf::EbpfSource::open(options, snapshots())
-            .map(|s| Arc::new(s) as Arc<dyn ConnectionSource>)
+        let snapshots = snapshots();
+        ebpf::EbpfSource::open(options, snapshots.clone()).map(|s| {
+            Arc::new(failover::Failover::new(Arc::new(s), snapshots)) as Arc<dyn ConnectionSource>
+        })
     };
     match choice {
         SourceChoice::Proc => Ok(proc_source()),
