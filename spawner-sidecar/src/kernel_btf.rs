@@ -274,7 +274,7 @@ impl Btf {
         let size = if member.bitfield_size != 0 {
             // Before Linux 5.6 sk_protocol was an 8-bit bitfield; a
             // byte-aligned whole-byte bitfield reads like a plain integer.
-            if bits % 8 != 0 || member.bitfield_size % 8 != 0 {
+            if !bits.is_multiple_of(8) || !member.bitfield_size.is_multiple_of(8) {
                 return Err(BtfError::Bitfield { path: full() });
             }
             member.bitfield_size / 8
@@ -282,7 +282,7 @@ impl Btf {
             self.size_of(member.type_id)
                 .ok_or_else(|| BtfError::NoMember { path: full() })?
         };
-        if bits % 8 != 0 {
+        if !bits.is_multiple_of(8) {
             return Err(BtfError::Bitfield { path: full() });
         }
         Ok(Field {

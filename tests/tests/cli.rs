@@ -1,5 +1,7 @@
 //! The command line as a user meets it: defaults, environment, bad input,
 //! errors that name their cause, HTTP routing and graceful shutdown.
+#![allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
+
 use std::{
     net::{Ipv4Addr, TcpListener},
     process::Command,

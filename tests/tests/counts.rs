@@ -1,5 +1,7 @@
 //! Counts against `ss`: connections opened before start, after start, and
 //! closed, on the eBPF source and on the /proc source.
+#![allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
+
 use std::time::Duration;
 
 use integration_tests::{

@@ -2,6 +2,8 @@
 //! they go (client-first close, server-first close, RST either way, refused
 //! connects, connections from before start), then once quiet every count
 //! equals `ss` exactly, and the reconcile never had to correct the events.
+#![allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
+
 use std::{
     io::Read,
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},

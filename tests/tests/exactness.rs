@@ -1,5 +1,7 @@
 //! Where pollers are wrong: other namespaces, TIME_WAIT, short requests,
 //! restarts, and TCP-only counting. On the eBPF source unless noted.
+#![allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
+
 use std::{
     io::{Read, Write},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},

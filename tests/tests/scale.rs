@@ -1,5 +1,7 @@
 //! Many sockets: started while 10 000 connections exist, the first answer is
 //! already exact, on every source.
+#![allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
+
 use std::{
     net::{Ipv4Addr, TcpListener},
     time::{Duration, Instant},

@@ -1,6 +1,8 @@
 //! Opens N connections to 127.0.0.1:PORT and holds them until its stdin
 //! closes. The black-box tests use it to put more sockets in the namespace
 //! than one process may hold (the open-file limit is 20 000 per process).
+#![allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
+
 use std::{
     io::{Read, Write},
     net::{Ipv4Addr, TcpStream},
