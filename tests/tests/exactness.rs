@@ -23,6 +23,17 @@ macro_rules! require_ebpf {
     };
 }
 
+fn loopback(port: u16) -> SockAddr {
+    SockAddr::from(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+}
+
+/// A stream socket of `protocol` (TCP, MPTCP, SCTP), if the kernel has it.
+fn stream(protocol: i32) -> std::io::Result<Socket> {
+    Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::from(protocol)))
+}
+
+const IPPROTO_TCP: i32 = 6;
+
 fn start(source: &str, port: u16, refresh: &str) -> Sidecar {
     Sidecar::start(&[
         "--source",
@@ -150,23 +161,21 @@ fn waiting_follows_time_wait(source: &str) {
     // the TIME_WAIT socket (RFC 6191), which dies without any event.
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).unwrap();
     let mut reused = Vec::new();
-    for &client_port in &client_ports[..4] {
-        let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+    for &client_port in &client_ports {
+        if reused.len() == 4 {
+            break;
+        }
+        let socket = stream(IPPROTO_TCP).unwrap();
         socket.set_reuse_address(true).unwrap();
-        socket
-            .bind(&SockAddr::from(SocketAddr::from((
-                Ipv4Addr::LOCALHOST,
-                client_port,
-            ))))
-            .unwrap();
-        socket
-            .connect(&SockAddr::from(SocketAddr::from((
-                Ipv4Addr::LOCALHOST,
-                port,
-            ))))
-            .unwrap();
+        // Another socket of this host may have taken the ephemeral port
+        // meanwhile (our own status requests, say): skip that one.
+        if socket.bind(&loopback(client_port)).is_err() {
+            continue;
+        }
+        socket.connect(&loopback(port)).unwrap();
         reused.push((socket, listener.accept().unwrap().0));
     }
+    assert_eq!(reused.len(), 4, "could not reuse 4 of 12 client ports");
     expect_matches_ss(
         &sidecar,
         "waiting_connections",
@@ -274,37 +283,18 @@ fn service_restart_flips_listening_and_keeps_counts_exact() {
 fn mptcp_connection_level_transitions_are_not_counted_twice() {
     require_ebpf!();
     const IPPROTO_MPTCP: i32 = 262;
-    let Ok(listener) = Socket::new(
-        Domain::IPV4,
-        Type::STREAM,
-        Some(Protocol::from(IPPROTO_MPTCP)),
-    ) else {
+    let Ok(listener) = stream(IPPROTO_MPTCP) else {
         println!("skipping: kernel without MPTCP (CONFIG_MPTCP or net.mptcp.enabled)");
         return;
     };
     let port = free_port();
     let sidecar = start("ebpf", port, "1");
-    listener
-        .bind(&SockAddr::from(SocketAddr::from((
-            Ipv4Addr::LOCALHOST,
-            port,
-        ))))
-        .unwrap();
+    listener.bind(&loopback(port)).unwrap();
     listener.listen(16).unwrap();
     let mut held = Vec::new();
     for _ in 0..3 {
-        let client = Socket::new(
-            Domain::IPV4,
-            Type::STREAM,
-            Some(Protocol::from(IPPROTO_MPTCP)),
-        )
-        .unwrap();
-        client
-            .connect(&SockAddr::from(SocketAddr::from((
-                Ipv4Addr::LOCALHOST,
-                port,
-            ))))
-            .unwrap();
+        let client = stream(IPPROTO_MPTCP).unwrap();
+        client.connect(&loopback(port)).unwrap();
         held.push((client, listener.accept().unwrap().0));
     }
     // ss counts the TCP subflows; the MPTCP sockets above them must not add.
@@ -328,44 +318,18 @@ fn sctp_is_not_counted() {
     // SCTP sockets fire the same tracepoint; only a kernel with SCTP can
     // show that they are filtered out.
     const IPPROTO_SCTP: i32 = 132;
-    if Socket::new(
-        Domain::IPV4,
-        Type::STREAM,
-        Some(Protocol::from(IPPROTO_SCTP)),
-    )
-    .is_err()
-    {
+    if stream(IPPROTO_SCTP).is_err() {
         println!("skipping: kernel without SCTP (CONFIG_IP_SCTP not set)");
         return;
     }
     require_ebpf!();
     let port = free_port();
     let sidecar = start("ebpf", port, "1");
-    let listener = Socket::new(
-        Domain::IPV4,
-        Type::STREAM,
-        Some(Protocol::from(IPPROTO_SCTP)),
-    )
-    .unwrap();
-    listener
-        .bind(&SockAddr::from(SocketAddr::from((
-            Ipv4Addr::LOCALHOST,
-            port,
-        ))))
-        .unwrap();
+    let listener = stream(IPPROTO_SCTP).unwrap();
+    listener.bind(&loopback(port)).unwrap();
     listener.listen(4).unwrap();
-    let client = Socket::new(
-        Domain::IPV4,
-        Type::STREAM,
-        Some(Protocol::from(IPPROTO_SCTP)),
-    )
-    .unwrap();
-    client
-        .connect(&SockAddr::from(SocketAddr::from((
-            Ipv4Addr::LOCALHOST,
-            port,
-        ))))
-        .unwrap();
+    let client = stream(IPPROTO_SCTP).unwrap();
+    client.connect(&loopback(port)).unwrap();
     let _conn = listener.accept().unwrap();
     std::thread::sleep(Duration::from_millis(200));
     let status = sidecar.status();

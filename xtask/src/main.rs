@@ -1,5 +1,6 @@
 //! `cargo xtask`: the project's own entry points, which install what they
 //! need (idempotently) before they build, run or test.
+mod bench;
 mod build;
 mod setup;
 mod test;
@@ -29,6 +30,12 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Measure every source side by side and write BENCHMARKS.md
+    Bench {
+        /// A reduced run (under 2 minutes) for development
+        #[arg(long)]
+        quick: bool,
+    },
     /// Build, then run every test: unit, HTTP and black-box tests on the real kernel
     Test {
         /// Extra arguments for the test binaries (e.g. a test name filter)
@@ -45,6 +52,7 @@ fn main() -> ExitCode {
         Command::Run { args } => setup::run()
             .and_then(|()| build::release())
             .and_then(|bin| build::run(&bin, &args)),
+        Command::Bench { quick } => setup::run().and_then(|()| bench::run(quick)),
         Command::Test { args } => setup::run().and_then(|()| test::run(&args)),
     };
     match result {

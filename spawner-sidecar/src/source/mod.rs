@@ -75,6 +75,11 @@ impl PortReading {
 /// One reading of every followed port.
 pub type Reading = BTreeMap<u16, PortReading>;
 
+/// A reading with every port at zero, for a poller to count into.
+pub fn empty_reading(ports: &[u16]) -> Reading {
+    ports.iter().map(|&p| (p, PortReading::default())).collect()
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     /// The source cannot work on this host or in this binary.

@@ -8,7 +8,7 @@
 //! and allocates nothing per line that it skips.
 use std::{collections::HashSet, io::BufRead};
 
-use super::{ConnectionSource, PortReading, Reading, SourceError, SourceKind};
+use super::{ConnectionSource, Reading, SourceError, SourceKind, empty_reading};
 
 const TCP4: &str = "/proc/net/tcp";
 const TCP6: &str = "/proc/net/tcp6";
@@ -164,11 +164,7 @@ impl ConnectionSource for ProcNetSource {
     }
 
     fn read(&self) -> Result<Reading, SourceError> {
-        let mut reading: Reading = self
-            .ports
-            .iter()
-            .map(|&p| (p, PortReading::default()))
-            .collect();
+        let mut reading = empty_reading(&self.ports);
         Self::read_table(TCP4, Family::V4, &mut reading)?;
         Self::read_table(TCP6, Family::V6, &mut reading)?;
         Ok(reading)
@@ -178,6 +174,7 @@ impl ConnectionSource for ProcNetSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::PortReading;
 
     /// Captured on Linux 6.18: a listener on 127.0.0.1:8080, one accepted
     /// connection, one in TIME_WAIT after a server-first close, and a client

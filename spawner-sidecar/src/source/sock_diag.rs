@@ -16,7 +16,7 @@ use netlink_packet_sock_diag::{
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_SOCK_DIAG};
 
-use super::{ConnectionSource, PortReading, Reading, SourceError, SourceKind};
+use super::{ConnectionSource, Reading, SourceError, SourceKind, empty_reading};
 
 /// TCP states as the kernel numbers them (`include/net/tcp_states.h`).
 const ESTABLISHED: u8 = 1;
@@ -126,11 +126,7 @@ impl ConnectionSource for SockDiagSource {
     }
 
     fn read(&self) -> Result<Reading, SourceError> {
-        let mut reading: Reading = self
-            .ports
-            .iter()
-            .map(|&p| (p, PortReading::default()))
-            .collect();
+        let mut reading = empty_reading(&self.ports);
         Self::dump(AF_INET, &mut reading)?;
         Self::dump(AF_INET6, &mut reading)?;
         Ok(reading)
