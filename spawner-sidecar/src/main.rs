@@ -81,7 +81,8 @@ async fn run(
         .await
         .context("HTTP server failed")?;
     ticker.abort();
-    info!("shut down; kernel program detached");
+    drop(source);
+    info!("shut down");
     Ok(())
 }
 

@@ -216,7 +216,7 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
     )?;
     writeln!(
         report,
-        "- *Idle CPU*: every tick the eBPF source takes a sock_diag snapshot (for TIME_WAIT and the reconcile), which dumps every ESTABLISHED, TIME_WAIT and LISTEN socket of the namespace and filters the port in userspace. Closing it: an `INET_DIAG_REQ_BYTECODE` port filter so the kernel skips other ports, or a longer refresh."
+        "- *Idle CPU*: every tick the eBPF source takes a sock_diag snapshot (for TIME_WAIT and the reconcile). The kernel filters it by state and, with our bytecode, by port, so only followed sockets are copied out, but it still walks every socket of the hash tables. Closing it: a longer refresh, or snapshots only when the TIME_WAIT upper bound of `/proc/net/sockstat` says there may be TIME_WAIT to count."
     )?;
     writeln!(
         report,
