@@ -13,6 +13,16 @@ pub const PORT_SLOT_ENTRIES: u32 = 65_536;
 /// A `PORT_SLOTS` value meaning "record what you read in `SELFTEST`": the
 /// daemon sets it for a port of its own while it checks the BTF offsets.
 pub const SELFTEST_SLOT: u32 = u32::MAX;
+/// Default capacity of the per-connection map (`SOCKETS`); the daemon can
+/// change it at load time (`--max-tracked-connections`).
+pub const DEFAULT_MAX_SOCKETS: u32 = 65_536;
+/// Capacity of `YOUNG_CLOSED`, an LRU map: an evicted entry only makes a
+/// TIME_WAIT socket count as activity, the safe direction.
+pub const YOUNG_CLOSED_ENTRIES: u32 = 16_384;
+/// Capacity of `IGNORED_PEERS`.
+pub const MAX_IGNORED_PEERS: u32 = 256;
+/// Bytes of the `LISTENERS` ring buffer (one page: 512 notifications).
+pub const LISTENER_RING_BYTES: u32 = 4096;
 
 /// `AF_INET` and `AF_INET6` as the kernel stores them in `skc_family`.
 pub const AF_INET: u16 = 2;
@@ -30,19 +40,35 @@ pub const STAT_EVENTS: u32 = 0;
 pub const STAT_NOT_TCP: u32 = 1;
 pub const STAT_OTHER_NETNS: u32 = 2;
 pub const STAT_READ_ERRORS: u32 = 3;
-pub const STAT_ENTRIES: u32 = 4;
+/// A connection could not be recorded in `SOCKETS` (full, or busy).
+pub const STAT_SOCKETS_FULL: u32 = 4;
+/// A new listener could not be reported (ring buffer full).
+pub const STAT_LISTENERS_LOST: u32 = 5;
+pub const STAT_ENTRIES: u32 = 6;
+
+/// `TrackerConfig::flags`: peers in `IGNORED_PEERS` are left out.
+pub const FLAG_IGNORE_PEERS: u32 = 1;
+/// `TrackerConfig::flags`: report every new listener of this namespace in
+/// `LISTENERS`, so the daemon can follow it (`--all-ports`).
+pub const FLAG_ALL_PORTS: u32 = 2;
 
 /// What the program needs to know before it sees its first event. Set as a
-/// read-only global at load time, so the verifier sees constants.
+/// read-only global at load time, so the verifier sees constants: that is
+/// what lets the program load socket fields directly (BTF-typed loads)
+/// instead of calling `bpf_probe_read_kernel` for each.
 ///
 /// Rust eBPF programs get no CO-RE relocations, so every struct offset here
 /// comes from the running kernel's BTF (`/sys/kernel/btf/vmlinux`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TrackerConfig {
+    /// `offsetof(struct sock, __sk_common.skc_num)`: local port, host order.
+    /// Inside `struct sock`, so the verifier allows a direct load. The
+    /// kernel zeroes it in `inet_put_port()` before the tracepoint fires for
+    /// some transitions to CLOSE; then the program reads `off_sport`.
+    pub off_num: u32,
     /// `offsetof(struct inet_sock, inet_sport)`: local port, network order.
-    /// Not `skc_num`: the kernel zeroes that in `inet_put_port()` before the
-    /// tracepoint fires for a transition to CLOSE, so RSTs would be missed.
+    /// Beyond `struct sock`, so read with `bpf_probe_read_kernel`.
     pub off_sport: u32,
     /// `offsetof(struct sock, __sk_common.skc_family)`.
     pub off_sk_family: u32,
@@ -52,10 +78,20 @@ pub struct TrackerConfig {
     pub off_sk_net: u32,
     /// `offsetof(struct net, ns.inum)`: the namespace's inode number.
     pub off_net_inum: u32,
+    /// `offsetof(struct sock, __sk_common.skc_daddr)`: IPv4 peer address.
+    pub off_daddr: u32,
+    /// `offsetof(struct sock, __sk_common.skc_v6_daddr)`: IPv6 peer address.
+    pub off_v6_daddr: u32,
     /// Size in bytes of `sk_protocol` (u8 before Linux 5.6, u16 since).
     pub sk_protocol_size: u32,
     /// Only sockets of this network namespace count; 0 counts every namespace.
     pub netns_inum: u32,
+    /// `FLAG_*` bits.
+    pub flags: u32,
+    pub _reserved: u32,
+    /// Connections that close younger than this are not activity
+    /// (`--activity-min-age`); 0 makes every connection activity.
+    pub activity_min_age_ns: u64,
 }
 
 /// Event-fed counts for one followed port, kept per CPU: a socket may enter
@@ -68,31 +104,65 @@ pub struct PortCounts {
     pub established_v4: i64,
     /// Net ESTABLISHED entries minus exits, IPv6 sockets (v4-mapped included).
     pub established_v6: i64,
+    /// Net ESTABLISHED entries minus exits from ignored peers (either family).
+    pub ignored: i64,
     /// Net LISTEN entries minus exits.
     pub listening: i64,
     /// Every transition that touched this port: lets the daemon tell whether
     /// the port was quiet while it took a snapshot.
     pub transitions: u64,
-    /// Sockets that entered ESTABLISHED.
+    /// Sockets that entered ESTABLISHED (ignored peers left out).
     pub opened: u64,
-    /// Sockets that left ESTABLISHED.
+    /// Sockets that left ESTABLISHED (ignored peers left out).
     pub closed: u64,
-    /// `bpf_ktime_get_boot_ns()` of the last ESTABLISHED entry or exit; 0 if none.
+    /// `bpf_ktime_get_boot_ns()` of the last change that counts as
+    /// activity; 0 if none.
     pub last_active_ns: u64,
 }
 
-/// What the program read for the last socket on the self-test port (see `SELFTEST_SLOT`).
+/// One ESTABLISHED connection on a followed port, keyed in `SOCKETS` by its
+/// socket cookie (the id sock_diag reports too, so snapshots can seed it).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketRecord {
+    /// `bpf_ktime_get_boot_ns()` when it entered ESTABLISHED, or when the
+    /// daemon first saw it if it predates the program.
+    pub start_ns: u64,
+    pub port: u16,
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u16,
+    pub _reserved: u32,
+}
+
+/// `IGNORED_PEERS` key data after the LPM trie's prefix length: a tag word
+/// (`PEER_TAG_V4`/`PEER_TAG_V6`) then the address in network order, so one
+/// trie holds both families. A CIDR of n bits has prefix length 32 + n.
+pub type PeerData = [u32; 5];
+pub const PEER_TAG_V4: u32 = 4;
+pub const PEER_TAG_V6: u32 = 6;
+
+/// What the program read for the last socket on the self-test port; index 0
+/// for an IPv4 connection, 1 for IPv6.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SelfTestRecord {
     /// How many self-test events were seen.
     pub seen: u64,
+    /// Socket cookie, from `bpf_get_socket_cookie`.
+    pub cookie: u64,
     /// Namespace inode read through `off_sk_net` and `off_net_inum`.
     pub netns_inum: u32,
     /// Family read through `off_sk_family`.
     pub family: u16,
     /// Protocol read through `off_sk_protocol`.
     pub protocol: u16,
+    /// Local port read through `off_num` (0 if the kernel had zeroed it).
+    pub num: u16,
+    /// Local port read through `off_sport`, host order.
+    pub sport: u16,
+    pub _reserved: u32,
+    /// Peer address through `off_daddr` (first 4 bytes) or `off_v6_daddr`.
+    pub daddr: [u8; 16],
 }
 
 #[cfg(feature = "user")]
@@ -102,6 +172,8 @@ mod pod {
     unsafe impl aya::Pod for super::TrackerConfig {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::PortCounts {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SocketRecord {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SelfTestRecord {}
 }
@@ -114,35 +186,53 @@ mod tests {
 
     #[test]
     fn tracker_config_layout_is_pinned() {
-        assert_eq!(size_of::<TrackerConfig>(), 28);
-        assert_eq!(offset_of!(TrackerConfig, off_sport), 0);
-        assert_eq!(offset_of!(TrackerConfig, off_sk_family), 4);
-        assert_eq!(offset_of!(TrackerConfig, off_sk_protocol), 8);
-        assert_eq!(offset_of!(TrackerConfig, off_sk_net), 12);
-        assert_eq!(offset_of!(TrackerConfig, off_net_inum), 16);
-        assert_eq!(offset_of!(TrackerConfig, sk_protocol_size), 20);
-        assert_eq!(offset_of!(TrackerConfig, netns_inum), 24);
+        assert_eq!(size_of::<TrackerConfig>(), 56);
+        assert_eq!(offset_of!(TrackerConfig, off_num), 0);
+        assert_eq!(offset_of!(TrackerConfig, off_sport), 4);
+        assert_eq!(offset_of!(TrackerConfig, off_sk_family), 8);
+        assert_eq!(offset_of!(TrackerConfig, off_sk_protocol), 12);
+        assert_eq!(offset_of!(TrackerConfig, off_sk_net), 16);
+        assert_eq!(offset_of!(TrackerConfig, off_net_inum), 20);
+        assert_eq!(offset_of!(TrackerConfig, off_daddr), 24);
+        assert_eq!(offset_of!(TrackerConfig, off_v6_daddr), 28);
+        assert_eq!(offset_of!(TrackerConfig, sk_protocol_size), 32);
+        assert_eq!(offset_of!(TrackerConfig, netns_inum), 36);
+        assert_eq!(offset_of!(TrackerConfig, flags), 40);
+        assert_eq!(offset_of!(TrackerConfig, activity_min_age_ns), 48);
     }
 
     #[test]
     fn port_counts_layout_is_pinned() {
-        assert_eq!(size_of::<PortCounts>(), 56);
+        assert_eq!(size_of::<PortCounts>(), 64);
         assert_eq!(offset_of!(PortCounts, established_v4), 0);
         assert_eq!(offset_of!(PortCounts, established_v6), 8);
-        assert_eq!(offset_of!(PortCounts, listening), 16);
-        assert_eq!(offset_of!(PortCounts, transitions), 24);
-        assert_eq!(offset_of!(PortCounts, opened), 32);
-        assert_eq!(offset_of!(PortCounts, closed), 40);
-        assert_eq!(offset_of!(PortCounts, last_active_ns), 48);
+        assert_eq!(offset_of!(PortCounts, ignored), 16);
+        assert_eq!(offset_of!(PortCounts, listening), 24);
+        assert_eq!(offset_of!(PortCounts, transitions), 32);
+        assert_eq!(offset_of!(PortCounts, opened), 40);
+        assert_eq!(offset_of!(PortCounts, closed), 48);
+        assert_eq!(offset_of!(PortCounts, last_active_ns), 56);
+    }
+
+    #[test]
+    fn socket_record_layout_is_pinned() {
+        assert_eq!(size_of::<SocketRecord>(), 16);
+        assert_eq!(offset_of!(SocketRecord, start_ns), 0);
+        assert_eq!(offset_of!(SocketRecord, port), 8);
+        assert_eq!(offset_of!(SocketRecord, family), 10);
     }
 
     #[test]
     fn selftest_record_layout_is_pinned() {
-        assert_eq!(size_of::<SelfTestRecord>(), 16);
+        assert_eq!(size_of::<SelfTestRecord>(), 48);
         assert_eq!(offset_of!(SelfTestRecord, seen), 0);
-        assert_eq!(offset_of!(SelfTestRecord, netns_inum), 8);
-        assert_eq!(offset_of!(SelfTestRecord, family), 12);
-        assert_eq!(offset_of!(SelfTestRecord, protocol), 14);
+        assert_eq!(offset_of!(SelfTestRecord, cookie), 8);
+        assert_eq!(offset_of!(SelfTestRecord, netns_inum), 16);
+        assert_eq!(offset_of!(SelfTestRecord, family), 20);
+        assert_eq!(offset_of!(SelfTestRecord, protocol), 22);
+        assert_eq!(offset_of!(SelfTestRecord, num), 24);
+        assert_eq!(offset_of!(SelfTestRecord, sport), 26);
+        assert_eq!(offset_of!(SelfTestRecord, daddr), 32);
     }
 
     /// A value viewed as the bytes the kernel stores decodes to itself.
@@ -151,6 +241,7 @@ mod tests {
         let value = PortCounts {
             established_v4: -3,
             established_v6: 7,
+            ignored: 2,
             listening: 1,
             transitions: 42,
             opened: 9,
@@ -167,7 +258,7 @@ mod tests {
             );
         }
         assert_eq!(&bytes[0..8], &(-3i64).to_ne_bytes());
-        assert_eq!(&bytes[48..56], &123_456_789u64.to_ne_bytes());
+        assert_eq!(&bytes[56..64], &123_456_789u64.to_ne_bytes());
         // SAFETY: every byte pattern is a valid PortCounts.
         let back: PortCounts = unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast()) };
         assert_eq!(back, value);

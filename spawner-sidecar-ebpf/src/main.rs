@@ -1,40 +1,53 @@
 //! Kernel program: follows every TCP state change and keeps, per followed local
 //! port, event-fed counts of ESTABLISHED and LISTEN sockets plus the time of the
-//! last change (see `spawner_sidecar_common::PortCounts`).
+//! last activity (see `spawner_sidecar_common::PortCounts`), and per
+//! connection its start time (`SOCKETS`).
 //!
 //! Attached as a BTF tracepoint on `inet_sock_set_state` (Linux 4.16; BTF
 //! tracepoints since 5.5), which needs no tracefs. Its raw arguments are
-//! `(struct sock *sk, int oldstate, int newstate)`. Every field is read with
-//! `bpf_probe_read_kernel` at an offset the daemon took from the running
-//! kernel's BTF, because Rust eBPF programs get no CO-RE relocations.
+//! `(struct sock *sk, int oldstate, int newstate)`, and `sk` is BTF-typed:
+//! the verifier lets the program load fields of `struct sock` directly (the
+//! JIT turns them into plain loads guarded by an exception table), at offsets
+//! the daemon took from the running kernel's BTF and froze in `CONFIG`,
+//! because Rust eBPF programs get no CO-RE relocations. Only the one field
+//! outside `struct sock` (`inet_sport`) needs `bpf_probe_read_kernel`.
 //!
 //! It never fails a transition: every error path returns 0 and at worst
-//! bumps `STAT_READ_ERRORS`.
+//! bumps a `STATS` counter.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
-    helpers::{bpf_ktime_get_boot_ns, bpf_probe_read_kernel},
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_socket_cookie, bpf_ktime_get_boot_ns, bpf_probe_read_kernel},
     macros::{btf_tracepoint, map},
-    maps::{Array, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::BtfTracePointContext,
 };
 use spawner_sidecar_common::{
-    AF_INET, IPPROTO_TCP, MAX_PORTS, PORT_SLOT_ENTRIES, PortCounts, SELFTEST_SLOT, STAT_ENTRIES,
-    STAT_EVENTS, STAT_NOT_TCP, STAT_OTHER_NETNS, STAT_READ_ERRORS, SelfTestRecord, TCP_CLOSE,
-    TCP_ESTABLISHED, TCP_LISTEN, TrackerConfig,
+    AF_INET, DEFAULT_MAX_SOCKETS, FLAG_ALL_PORTS, FLAG_IGNORE_PEERS, IPPROTO_TCP,
+    LISTENER_RING_BYTES, MAX_IGNORED_PEERS, MAX_PORTS, PEER_TAG_V4, PEER_TAG_V6, PORT_SLOT_ENTRIES,
+    PeerData, PortCounts, SELFTEST_SLOT, STAT_ENTRIES, STAT_EVENTS, STAT_LISTENERS_LOST,
+    STAT_NOT_TCP, STAT_OTHER_NETNS, STAT_READ_ERRORS, STAT_SOCKETS_FULL, SelfTestRecord,
+    SocketRecord, TCP_CLOSE, TCP_ESTABLISHED, TCP_LISTEN, TrackerConfig, YOUNG_CLOSED_ENTRIES,
 };
 
-/// Offsets and filters, set by the loader (`EbpfLoader::set_global`).
+/// Offsets and filters, set by the loader (`EbpfLoader::override_global`).
 #[unsafe(no_mangle)]
 static CONFIG: TrackerConfig = TrackerConfig {
+    off_num: 0,
     off_sport: 0,
     off_sk_family: 0,
     off_sk_protocol: 0,
     off_sk_net: 0,
     off_net_inum: 0,
+    off_daddr: 0,
+    off_v6_daddr: 0,
     sk_protocol_size: 0,
     netns_inum: 0,
+    flags: 0,
+    _reserved: 0,
+    activity_min_age_ns: 0,
 };
 
 /// Local port -> slot in `PORT_COUNTS` plus one; 0 means "not followed",
@@ -48,13 +61,33 @@ static PORT_SLOTS: Array<u32> = Array::with_max_entries(PORT_SLOT_ENTRIES, 0);
 #[map]
 static PORT_COUNTS: PerCpuArray<PortCounts> = PerCpuArray::with_max_entries(MAX_PORTS, 0);
 
+/// Socket cookie -> start of each ESTABLISHED connection on a followed port
+/// (long-lived counts, `--activity-min-age`). Preallocated, so an update
+/// never allocates in the TCP path; when full, the insert fails and is
+/// counted, and the daemon's snapshots fill the gap later.
+#[map]
+static SOCKETS: HashMap<u64, SocketRecord> = HashMap::with_max_entries(DEFAULT_MAX_SOCKETS, 0);
+
+/// Cookies of connections that closed younger than `activity_min_age_ns`:
+/// their TIME_WAIT sockets (which keep the cookie) are not activity either.
+#[map]
+static YOUNG_CLOSED: LruHashMap<u64, u64> = LruHashMap::with_max_entries(YOUNG_CLOSED_ENTRIES, 0);
+
+/// Peers whose connections are left out of every count (`--ignore-peer`).
+#[map]
+static IGNORED_PEERS: LpmTrie<PeerData, u8> = LpmTrie::with_max_entries(MAX_IGNORED_PEERS, 0);
+
+/// Ports that just got a listener in this namespace (`--all-ports`).
+#[map]
+static LISTENERS: RingBuf = RingBuf::with_byte_size(LISTENER_RING_BYTES, 0);
+
 /// The program's own health counters (`STAT_*`).
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_ENTRIES, 0);
 
-/// What the program read for the last socket on the self-test port.
+/// What the program read for the last sockets on the self-test port.
 #[map]
-static SELFTEST: Array<SelfTestRecord> = Array::with_max_entries(1, 0);
+static SELFTEST: Array<SelfTestRecord> = Array::with_max_entries(2, 0);
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn track_tcp_state(ctx: BtfTracePointContext) -> i32 {
@@ -72,19 +105,56 @@ fn config() -> TrackerConfig {
 
 fn bump(stat: u32) {
     if let Some(counter) = STATS.get_ptr_mut(stat) {
-        // SAFETY: a valid per-CPU slot; programs do not migrate CPUs mid-run.
+        // SAFETY: a valid per-CPU slot; the kernel never runs this program
+        // twice at once on one CPU (it skips a nested run), so no other
+        // writer can interleave.
         unsafe { *counter += 1 };
     }
 }
 
-/// Reads a `T` at `base + offset` in kernel memory.
+/// Loads a `T` at `base + offset`, where `base` is a BTF-typed kernel
+/// pointer and the access lies inside the struct it points to.
+///
+/// # Safety
+/// The verifier checks the access against the kernel's BTF and the JIT
+/// guards it; a bad offset is refused at load time, never a fault.
+unsafe fn load<T>(base: *const u8, offset: u32) -> T {
+    // SAFETY: see above; volatile keeps it one load of exactly this size.
+    unsafe { core::ptr::read_volatile(base.wrapping_add(offset as usize).cast::<T>()) }
+}
+
+/// Reads a `T` at `base + offset` with `bpf_probe_read_kernel`, for fields
+/// the verifier cannot see as part of the pointer's BTF type.
 ///
 /// # Safety
 /// `base` must be a kernel pointer; the helper checks the read itself.
-unsafe fn read_at<T>(base: *const u8, offset: u32) -> Result<T, i32> {
-    // SAFETY: bpf_probe_read_kernel validates the address; a bad one is an
-    // error code, never a fault.
+unsafe fn probe<T>(base: *const u8, offset: u32) -> Result<T, i32> {
+    // SAFETY: the helper validates the address; a bad one is an error code.
     unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize).cast::<T>()) }
+}
+
+/// The socket's own network namespace, protocol and family: not the current
+/// task's, since many transitions run in softirq on behalf of nobody.
+struct Identity {
+    netns: u32,
+    protocol: u16,
+    family: u16,
+}
+
+fn identity(sk: *const u8, cfg: &TrackerConfig) -> Identity {
+    // SAFETY: sk is the tracepoint's BTF-typed socket; offsets from BTF.
+    unsafe {
+        let net: *const u8 = load(sk, cfg.off_sk_net);
+        Identity {
+            netns: load(net, cfg.off_net_inum),
+            protocol: if cfg.sk_protocol_size == 1 {
+                u16::from(load::<u8>(sk, cfg.off_sk_protocol))
+            } else {
+                load(sk, cfg.off_sk_protocol)
+            },
+            family: load(sk, cfg.off_sk_family),
+        }
+    }
 }
 
 fn try_track_tcp_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
@@ -95,45 +165,43 @@ fn try_track_tcp_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
     let newstate: i32 = ctx.arg(2);
 
     // The port first: on a busy node most transitions are on ports nobody
-    // follows, and they should cost one read and one array lookup.
+    // follows, and they should cost one load and one array lookup.
     // SAFETY: sk is the tracepoint's socket argument.
-    let port = u16::from_be(unsafe { read_at::<u16>(sk, cfg.off_sport)? });
+    let num: u16 = unsafe { load(sk, cfg.off_num) };
+    let port = if num != 0 {
+        num
+    } else {
+        // SAFETY: as above; inet_sport survives inet_put_port().
+        u16::from_be(unsafe { probe::<u16>(sk, cfg.off_sport)? })
+    };
     let slot = match PORT_SLOTS.get(u32::from(port)) {
-        Some(&slot) if slot != 0 => slot,
-        _ => return Ok(()),
+        Some(&slot) => slot,
+        None => return Ok(()),
     };
-
-    // SAFETY: as above.
-    let protocol = unsafe {
-        if cfg.sk_protocol_size == 1 {
-            u16::from(read_at::<u8>(sk, cfg.off_sk_protocol)?)
-        } else {
-            read_at::<u16>(sk, cfg.off_sk_protocol)?
+    if slot == 0 {
+        if cfg.flags & FLAG_ALL_PORTS != 0 && newstate == TCP_LISTEN && port != 0 {
+            report_listener(sk, &cfg, port);
         }
-    };
-    // SAFETY: as above; skc_net holds a `struct net *`.
-    let net: *const u8 = unsafe { read_at::<*const u8>(sk, cfg.off_sk_net)? };
-    // SAFETY: net points at the socket's `struct net`.
-    let netns = unsafe { read_at::<u32>(net, cfg.off_net_inum)? };
-    // SAFETY: as above.
-    let family = unsafe { read_at::<u16>(sk, cfg.off_sk_family)? };
-
-    if slot == SELFTEST_SLOT {
-        record_selftest(netns, family, protocol);
         return Ok(());
     }
-    if protocol != IPPROTO_TCP {
+
+    let id = identity(sk, &cfg);
+    if slot == SELFTEST_SLOT {
+        record_selftest(sk, &cfg, &id, num);
+        return Ok(());
+    }
+    if id.protocol != IPPROTO_TCP {
         bump(STAT_NOT_TCP);
         return Ok(());
     }
-    if cfg.netns_inum != 0 && netns != cfg.netns_inum {
+    if cfg.netns_inum != 0 && id.netns != cfg.netns_inum {
         bump(STAT_OTHER_NETNS);
         return Ok(());
     }
     let Some(counts) = PORT_COUNTS.get_ptr_mut(slot - 1) else {
         return Err(-1);
     };
-    // SAFETY: a valid per-CPU slot; programs do not migrate CPUs mid-run.
+    // SAFETY: a valid per-CPU slot; no nested run on this CPU (see `bump`).
     let counts = unsafe { &mut *counts };
     counts.transitions += 1;
     if newstate == TCP_LISTEN {
@@ -146,34 +214,138 @@ fn try_track_tcp_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
     if oldstate == TCP_LISTEN && newstate == TCP_CLOSE {
         counts.listening -= 1;
     }
-    if newstate == TCP_ESTABLISHED || oldstate == TCP_ESTABLISHED {
-        let delta = if newstate == TCP_ESTABLISHED { 1 } else { -1 };
-        if delta > 0 {
-            counts.opened += 1;
-        } else {
-            counts.closed += 1;
+    let entering = newstate == TCP_ESTABLISHED;
+    if !entering && oldstate != TCP_ESTABLISHED {
+        return Ok(());
+    }
+    if cfg.flags & FLAG_IGNORE_PEERS != 0 && peer_ignored(sk, &cfg, id.family) {
+        counts.ignored += if entering { 1 } else { -1 };
+        return Ok(());
+    }
+    // SAFETY: plain helper calls; sk is a BTF-typed socket pointer.
+    let (now, cookie) = unsafe {
+        (
+            bpf_ktime_get_boot_ns(),
+            bpf_get_socket_cookie(sk as *mut core::ffi::c_void),
+        )
+    };
+    let delta = if entering {
+        counts.opened += 1;
+        let record = SocketRecord {
+            start_ns: now,
+            port,
+            family: id.family,
+            _reserved: 0,
+        };
+        if SOCKETS
+            .insert(cookie, record, u64::from(BPF_NOEXIST))
+            .is_err()
+        {
+            bump(STAT_SOCKETS_FULL);
         }
-        if family == AF_INET {
-            counts.established_v4 += delta;
-        } else {
-            counts.established_v6 += delta;
+        if cfg.activity_min_age_ns == 0 {
+            counts.last_active_ns = now;
         }
-        // SAFETY: a plain helper call with no arguments.
-        counts.last_active_ns = unsafe { bpf_ktime_get_boot_ns() };
+        1
+    } else {
+        counts.closed += 1;
+        // Unknown start (from before the program, or not recorded): old.
+        // Without --activity-min-age nothing is young: skip the lookup.
+        let young = cfg.activity_min_age_ns != 0
+            && SOCKETS
+                .get_ptr(cookie)
+                // SAFETY: a live entry; the socket's own lock orders its
+                // transitions, so nothing removes it under us.
+                .map(|r| now.saturating_sub(unsafe { (*r).start_ns }) < cfg.activity_min_age_ns)
+                .unwrap_or(false);
+        let _ = SOCKETS.remove(cookie);
+        if young {
+            let _ = YOUNG_CLOSED.insert(cookie, now, 0);
+        } else {
+            counts.last_active_ns = now;
+        }
+        -1
+    };
+    if id.family == AF_INET {
+        counts.established_v4 += delta;
+    } else {
+        counts.established_v6 += delta;
     }
     Ok(())
 }
 
-fn record_selftest(netns: u32, family: u16, protocol: u16) {
-    if let Some(record) = SELFTEST.get_ptr_mut(0) {
-        // SAFETY: a valid array slot; concurrent writers only race on which
-        // of two identical self-test events wins, which does not matter.
-        unsafe {
-            (*record).seen += 1;
-            (*record).netns_inum = netns;
-            (*record).family = family;
-            (*record).protocol = protocol;
+/// Whether the peer address is in `IGNORED_PEERS`. An IPv4-mapped IPv6 peer
+/// (`::ffff:a.b.c.d`) is looked up as the IPv4 address it is.
+fn peer_ignored(sk: *const u8, cfg: &TrackerConfig, family: u16) -> bool {
+    let mut data: PeerData = [PEER_TAG_V4, 0, 0, 0, 0];
+    let prefix = if family == AF_INET {
+        // SAFETY: a field of sock_common, offset from BTF.
+        data[1] = unsafe { load::<u32>(sk, cfg.off_daddr) };
+        32 + 32
+    } else {
+        // SAFETY: as above; skc_v6_daddr is 16 bytes.
+        let words: [u32; 4] = unsafe {
+            [
+                load(sk, cfg.off_v6_daddr),
+                load(sk, cfg.off_v6_daddr + 4),
+                load(sk, cfg.off_v6_daddr + 8),
+                load(sk, cfg.off_v6_daddr + 12),
+            ]
+        };
+        if words[0] == 0 && words[1] == 0 && words[2] == u32::from_ne_bytes([0, 0, 0xff, 0xff]) {
+            data[1] = words[3];
+            32 + 32
+        } else {
+            data = [PEER_TAG_V6, words[0], words[1], words[2], words[3]];
+            32 + 128
         }
+    };
+    IGNORED_PEERS.get(Key::new(prefix, data)).is_some()
+}
+
+/// Tells the daemon that `port` has a new listener in our namespace.
+fn report_listener(sk: *const u8, cfg: &TrackerConfig, port: u16) {
+    let id = identity(sk, cfg);
+    if id.protocol != IPPROTO_TCP || (cfg.netns_inum != 0 && id.netns != cfg.netns_inum) {
+        return;
+    }
+    if LISTENERS.output::<u32>(u32::from(port), 0).is_err() {
+        bump(STAT_LISTENERS_LOST);
+    }
+}
+
+fn record_selftest(sk: *const u8, cfg: &TrackerConfig, id: &Identity, num: u16) {
+    let index = if id.family == AF_INET { 0 } else { 1 };
+    let Some(record) = SELFTEST.get_ptr_mut(index) else {
+        return;
+    };
+    // SAFETY: sk is the tracepoint's socket; offsets from BTF.
+    let (sport, cookie, daddr) = unsafe {
+        let sport = probe::<u16>(sk, cfg.off_sport)
+            .map(u16::from_be)
+            .unwrap_or(0);
+        let cookie = bpf_get_socket_cookie(sk as *mut core::ffi::c_void);
+        let daddr: [u8; 16] = if id.family == AF_INET {
+            let v4: [u8; 4] = load(sk, cfg.off_daddr);
+            [
+                v4[0], v4[1], v4[2], v4[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            ]
+        } else {
+            load(sk, cfg.off_v6_daddr)
+        };
+        (sport, cookie, daddr)
+    };
+    // SAFETY: a valid array slot; concurrent writers only race on which of
+    // two self-test events wins, which the daemon's check tolerates.
+    unsafe {
+        (*record).seen += 1;
+        (*record).cookie = cookie;
+        (*record).netns_inum = id.netns;
+        (*record).family = id.family;
+        (*record).protocol = id.protocol;
+        (*record).num = num;
+        (*record).sport = sport;
+        (*record).daddr = daddr;
     }
 }
 

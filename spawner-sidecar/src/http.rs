@@ -1,54 +1,84 @@
-//! The HTTP API: `GET /` and `GET /status` (the contract's JSON), and
-//! `GET /healthz`. Every answer reads the source at request time.
-use std::sync::Arc;
+//! The HTTP API: `GET /` and `GET /status` (the contract's JSON),
+//! `GET /healthz`, `GET /metrics`. Every answer reads the source at request
+//! time.
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use axum::{
     Json, Router,
     extract::State,
-    http::StatusCode,
+    http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
     routing::get,
 };
-use serde::Serialize;
 use serde_json::json;
 
 use crate::{
     activity::{Activity, boottime_ns},
-    source::{ConnectionSource, Reading},
+    metrics,
+    source::{ConnectionSource, Detail, Reading},
+    status::Status,
 };
 
-#[derive(Clone)]
-pub struct AppState {
+/// What the handlers share.
+pub struct App {
     pub source: Arc<dyn ConnectionSource>,
-    pub activity: Arc<Activity>,
+    pub activity: Activity,
+    /// `--min-connection-age`, for the long-lived gauge.
+    pub min_connection_age: Duration,
+    /// Failed reads of the source, for `/metrics`.
+    pub source_errors: AtomicU64,
+    /// Hook runs by (hook, result), for `/metrics`.
+    pub hook_runs: std::sync::Mutex<BTreeMap<(&'static str, &'static str), u64>>,
 }
 
-/// The contract's JSON. Field order is the wire order: the four original
-/// fields first, then the original code's `seconds_inactive` alias, then ours.
-#[derive(Debug, Serialize, PartialEq, Eq)]
-pub struct Status {
-    pub active_connections: u64,
-    pub waiting_connections: u64,
-    pub seconds_since_active: u64,
-    pub listening: bool,
-    pub seconds_inactive: u64,
-    pub source: &'static str,
-}
+pub type AppState = Arc<App>;
 
-impl Status {
-    /// Aggregates every followed port: counts add up, the idle time is the
-    /// shortest, and `listening` needs a listener on every port.
-    pub fn new(reading: &Reading, activity: &Activity, now_ns: u64, source: &'static str) -> Self {
-        let seconds = activity.observe(reading, now_ns);
-        let idle = seconds.values().copied().min().unwrap_or(0);
-        Status {
-            active_connections: reading.values().map(|r| r.established()).sum(),
-            waiting_connections: reading.values().map(|r| r.time_wait).sum(),
-            seconds_since_active: idle,
-            listening: !reading.is_empty() && reading.values().all(|r| r.listeners > 0),
-            seconds_inactive: idle,
+impl App {
+    pub fn new(
+        source: Arc<dyn ConnectionSource>,
+        activity: Activity,
+        min_connection_age: Duration,
+    ) -> Self {
+        App {
             source,
+            activity,
+            min_connection_age,
+            source_errors: AtomicU64::new(0),
+            hook_runs: Default::default(),
         }
+    }
+
+    /// Reads the source off the async workers: polling sources take
+    /// milliseconds. A failure is counted and returned as text.
+    pub async fn read(self: &Arc<Self>, detail: Detail) -> Result<Reading, String> {
+        let source = self.source.clone();
+        let result = match tokio::task::spawn_blocking(move || source.read(detail)).await {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(e) => Err(format!("reader task failed: {e}")),
+        };
+        if result.is_err() {
+            self.source_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    /// A fresh reading and the status it gives, recorded in the activity.
+    pub async fn status(self: &Arc<Self>) -> Result<Status, String> {
+        let reading = self.read(self.activity.detail()).await?;
+        let name = self.source.kind().as_str();
+        Ok(Status::observe(
+            &reading,
+            &self.activity,
+            boottime_ns(),
+            name,
+        ))
     }
 }
 
@@ -57,39 +87,32 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(status))
         .route("/status", get(status))
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/wait-for-idle", get(crate::drain::wait_for_idle))
         .fallback(not_found)
         .with_state(state)
 }
 
-/// Reads the source off the async workers: polling sources take milliseconds.
-async fn read(state: &AppState) -> Result<Reading, String> {
-    let source = state.source.clone();
-    match tokio::task::spawn_blocking(move || source.read()).await {
-        Ok(result) => result.map_err(|e| e.to_string()),
-        Err(e) => Err(format!("reader task failed: {e}")),
+fn unavailable(app: &App, error: String) -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({ "error": error, "source": app.source.kind().as_str() })),
+    )
+        .into_response()
+}
+
+async fn status(State(app): State<AppState>) -> Response {
+    match app.status().await {
+        Ok(status) => Json(status).into_response(),
+        Err(error) => unavailable(&app, error),
     }
 }
 
-async fn status(State(state): State<AppState>) -> Response {
-    let result = read(&state).await;
-    let name = state.source.kind().as_str();
+async fn healthz(State(app): State<AppState>) -> Response {
+    let result = app.read(Detail::default()).await;
+    let name = app.source.kind().as_str();
     match result {
-        Ok(reading) => {
-            Json(Status::new(&reading, &state.activity, boottime_ns(), name)).into_response()
-        }
-        Err(error) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "error": error, "source": name })),
-        )
-            .into_response(),
-    }
-}
-
-async fn healthz(State(state): State<AppState>) -> Response {
-    let result = read(&state).await;
-    let name = state.source.kind().as_str();
-    match result {
-        Ok(_) => match state.source.degraded() {
+        Ok(_) => match app.source.degraded() {
             // Still answering, from a lesser source: alive, but say so.
             Some(reason) => Json(json!({ "status": "degraded", "source": name, "reason": reason }))
                 .into_response(),
@@ -100,6 +123,48 @@ async fn healthz(State(state): State<AppState>) -> Response {
             Json(json!({ "status": "failing", "source": name, "error": error })),
         )
             .into_response(),
+    }
+}
+
+async fn metrics(State(app): State<AppState>, headers: HeaderMap) -> Response {
+    let reading = match app.read(Detail { starts: true }).await {
+        Ok(reading) => reading,
+        Err(error) => return unavailable(&app, error),
+    };
+    let now_ns = boottime_ns();
+    let idle = app.activity.observe(&reading, now_ns);
+    let source = app.source.clone();
+    let health = tokio::task::spawn_blocking(move || source.health())
+        .await
+        .unwrap_or_default();
+    let hook_runs = app
+        .hook_runs
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let scrape = metrics::Scrape {
+        reading: &reading,
+        idle: &idle,
+        now_ns,
+        min_connection_age_ns: u64::try_from(app.min_connection_age.as_nanos()).unwrap_or(u64::MAX),
+        source: app.source.kind().as_str(),
+        health,
+        source_errors: app.source_errors.load(Ordering::Relaxed),
+        hook_runs,
+    };
+    let text = match metrics::render(&scrape) {
+        Ok(text) => text,
+        Err(_) => return unavailable(&app, "encoding metrics failed".into()),
+    };
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    if metrics::wants_openmetrics(accept) {
+        ([(header::CONTENT_TYPE, metrics::OPENMETRICS_TYPE)], text).into_response()
+    } else {
+        (
+            [(header::CONTENT_TYPE, metrics::CLASSIC_TYPE)],
+            metrics::to_classic(&text),
+        )
+            .into_response()
     }
 }
 
@@ -125,7 +190,7 @@ mod tests {
         fn kind(&self) -> SourceKind {
             SourceKind::Proc
         }
-        fn read(&self) -> Result<Reading, SourceError> {
+        fn read(&self, _: Detail) -> Result<Reading, SourceError> {
             self.0
                 .lock()
                 .expect("lock")
@@ -135,75 +200,89 @@ mod tests {
     }
 
     fn app(result: Result<Reading, String>) -> Router {
-        router(AppState {
-            source: Arc::new(Scripted(Mutex::new(result))),
-            activity: Arc::new(Activity::new(boottime_ns())),
-        })
+        router(Arc::new(App::new(
+            Arc::new(Scripted(Mutex::new(result))),
+            Activity::new(boottime_ns(), Duration::ZERO),
+            Duration::from_secs(6),
+        )))
     }
 
     fn one_port(established_v6: u64, time_wait: u64, listeners: u64) -> Reading {
         Reading::from([(
             8080,
             PortReading {
-                established_v4: 2,
-                established_v6,
-                time_wait,
+                established: [2, established_v6],
+                time_wait: [time_wait, 0],
                 listeners,
-                last_active_ns: None,
+                ..Default::default()
             },
         )])
     }
 
-    async fn call(app: Router, method: Method, path: &str) -> (StatusCode, String) {
-        let req = Request::builder()
-            .method(method)
-            .uri(path)
-            .body(Body::empty())
-            .expect("request");
-        let resp = app.oneshot(req).await.expect("response");
+    async fn call(
+        app: Router,
+        method: Method,
+        path: &str,
+        accept: Option<&str>,
+    ) -> (StatusCode, String, String) {
+        let mut req = Request::builder().method(method).uri(path);
+        if let Some(accept) = accept {
+            req = req.header(header::ACCEPT, accept);
+        }
+        let resp = app
+            .oneshot(req.body(Body::empty()).expect("request"))
+            .await
+            .expect("response");
         let status = resp.status();
+        let content_type = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
         let body = to_bytes(resp.into_body(), 1 << 20).await.expect("body");
-        (status, String::from_utf8(body.to_vec()).expect("utf-8"))
+        (
+            status,
+            content_type,
+            String::from_utf8(body.to_vec()).expect("utf-8"),
+        )
     }
 
     #[tokio::test]
     async fn status_has_the_contract_fields_first_and_in_order() {
         for path in ["/", "/status"] {
-            let (code, body) = call(app(Ok(one_port(1, 3, 1))), Method::GET, path).await;
+            let (code, _, body) = call(app(Ok(one_port(1, 3, 1))), Method::GET, path, None).await;
             assert_eq!(code, StatusCode::OK);
-            assert_eq!(
-                body,
-                r#"{"active_connections":3,"waiting_connections":3,"seconds_since_active":0,"listening":true,"seconds_inactive":0,"source":"proc"}"#
+            assert!(
+                body.starts_with(
+                    r#"{"active_connections":3,"waiting_connections":3,"seconds_since_active":0,"listening":true,"seconds_inactive":0,"source":"proc","ignored_connections":0,"ports":{"8080":"#
+                ),
+                "{body}"
             );
         }
     }
 
     #[tokio::test]
     async fn not_listening_without_a_listener() {
-        let (_, body) = call(app(Ok(one_port(0, 0, 0))), Method::GET, "/").await;
+        let (_, _, body) = call(app(Ok(one_port(0, 0, 0))), Method::GET, "/", None).await;
         assert!(body.contains(r#""listening":false"#), "{body}");
     }
 
     #[tokio::test]
     async fn unknown_path_is_404_and_other_methods_405() {
+        let ok = || app(Ok(one_port(0, 0, 1)));
         assert_eq!(
-            call(app(Ok(one_port(0, 0, 1))), Method::GET, "/nope")
-                .await
-                .0,
+            call(ok(), Method::GET, "/nope", None).await.0,
             StatusCode::NOT_FOUND
         );
         assert_eq!(
-            call(app(Ok(one_port(0, 0, 1))), Method::POST, "/nope")
-                .await
-                .0,
+            call(ok(), Method::POST, "/nope", None).await.0,
             StatusCode::NOT_FOUND
         );
-        for path in ["/", "/status", "/healthz"] {
+        for path in ["/", "/status", "/healthz", "/metrics"] {
             for method in [Method::POST, Method::PUT, Method::DELETE, Method::PATCH] {
                 assert_eq!(
-                    call(app(Ok(one_port(0, 0, 1))), method.clone(), path)
-                        .await
-                        .0,
+                    call(ok(), method.clone(), path, None).await.0,
                     StatusCode::METHOD_NOT_ALLOWED,
                     "{method} {path}"
                 );
@@ -213,18 +292,43 @@ mod tests {
 
     #[tokio::test]
     async fn source_failure_is_503_with_the_reason() {
-        let (code, body) = call(app(Err("map read failed".into())), Method::GET, "/").await;
-        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
-        assert!(body.contains("map read failed"), "{body}");
-        let (code, body) = call(app(Err("map read failed".into())), Method::GET, "/healthz").await;
+        let broken = || app(Err("map read failed".into()));
+        for path in ["/", "/metrics"] {
+            let (code, _, body) = call(broken(), Method::GET, path, None).await;
+            assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{path}");
+            assert!(body.contains("map read failed"), "{body}");
+        }
+        let (code, _, body) = call(broken(), Method::GET, "/healthz", None).await;
         assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
         assert!(body.contains(r#""status":"failing""#), "{body}");
     }
 
     #[tokio::test]
     async fn healthz_names_the_source() {
-        let (code, body) = call(app(Ok(one_port(0, 0, 1))), Method::GET, "/healthz").await;
+        let (code, _, body) = call(app(Ok(one_port(0, 0, 1))), Method::GET, "/healthz", None).await;
         assert_eq!(code, StatusCode::OK);
         assert_eq!(body, r#"{"source":"proc","status":"ok"}"#);
+    }
+
+    #[tokio::test]
+    async fn metrics_format_follows_accept() {
+        let (code, content_type, body) =
+            call(app(Ok(one_port(1, 0, 1))), Method::GET, "/metrics", None).await;
+        assert_eq!(code, StatusCode::OK);
+        assert_eq!(content_type, metrics::CLASSIC_TYPE);
+        assert!(!body.contains("# EOF"), "{body}");
+        let (_, content_type, body) = call(
+            app(Ok(one_port(1, 0, 1))),
+            Method::GET,
+            "/metrics",
+            Some("application/openmetrics-text;version=1.0.0"),
+        )
+        .await;
+        assert_eq!(content_type, metrics::OPENMETRICS_TYPE);
+        assert!(body.ends_with("# EOF\n"), "{body}");
+        assert!(
+            body.contains(r#"spawner_sidecar_source_errors_total 0"#),
+            "{body}"
+        );
     }
 }

@@ -304,13 +304,16 @@ pub fn tracker_offsets(btf: &Btf) -> Result<TrackerConfig, BtfError> {
         });
     }
     Ok(TrackerConfig {
+        off_num: btf.field("sock", "__sk_common.skc_num")?.offset,
         off_sport: btf.field("inet_sock", "inet_sport")?.offset,
         off_sk_family: btf.field("sock", "__sk_common.skc_family")?.offset,
         off_sk_protocol: protocol.offset,
         off_sk_net: btf.field("sock", "__sk_common.skc_net.net")?.offset,
         off_net_inum: btf.field("net", "ns.inum")?.offset,
+        off_daddr: btf.field("sock", "__sk_common.skc_daddr")?.offset,
+        off_v6_daddr: btf.field("sock", "__sk_common.skc_v6_daddr")?.offset,
         sk_protocol_size: protocol.size,
-        netns_inum: 0,
+        ..TrackerConfig::default()
     })
 }
 
@@ -399,6 +402,7 @@ mod tests {
         let u16_t = b.int("unsigned short", 2);
         let u32_t = b.int("unsigned int", 4);
         let u8_t = b.int("unsigned char", 1);
+        let u64_t = b.int("long long unsigned int", 8);
         let be16 = b.push("__be16", KIND_TYPEDEF, false, 0, u16_t);
         let ns_common = b.compound(
             "ns_common",
@@ -428,14 +432,29 @@ mod tests {
             &[("skc_portpair", u32_t, 0, 0), ("", ports, 0, 0)],
         );
         let net_union = b.compound("", KIND_UNION, 8, &[("skc_net", possible_net_t, 0, 0)]);
+        let addrs = b.compound(
+            "",
+            KIND_STRUCT,
+            8,
+            &[("skc_daddr", u32_t, 0, 0), ("skc_rcv_saddr", u32_t, 32, 0)],
+        );
+        let addr_union = b.compound(
+            "",
+            KIND_UNION,
+            8,
+            &[("skc_addrpair", u64_t, 0, 0), ("", addrs, 0, 0)],
+        );
+        let in6_addr = b.compound("in6_addr", KIND_STRUCT, 16, &[("s6_addr32", u64_t, 0, 0)]);
         let sock_common = b.compound(
             "sock_common",
             KIND_STRUCT,
             136,
             &[
+                ("", addr_union, 0, 0),
                 ("", port_union, 96, 0),
                 ("skc_family", u16_t, 128, 0),
                 ("", net_union, 48 * 8, 0),
+                ("skc_v6_daddr", in6_addr, 56 * 8, 0),
             ],
         );
         let const_sc = b.push("", KIND_CONST, false, 0, sock_common);
@@ -468,6 +487,8 @@ mod tests {
         let btf = Btf::parse(&sample(false)).expect("parse");
         let cfg = tracker_offsets(&btf).expect("offsets");
         assert_eq!(cfg.off_sport, 798);
+        assert_eq!(cfg.off_num, 14);
+        assert_eq!((cfg.off_daddr, cfg.off_v6_daddr), (0, 56));
         assert_eq!(cfg.off_sk_family, 16);
         assert_eq!(cfg.off_sk_net, 48);
         assert_eq!(cfg.off_net_inum, 64 + 24);

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use tracing::error;
 
-use super::{ConnectionSource, Reading, SourceError, SourceKind};
+use super::{ConnectionSource, Detail, Reading, SourceError, SourceHealth, SourceKind};
 
 pub struct Failover {
     primary: Arc<dyn ConnectionSource>,
@@ -66,8 +66,8 @@ impl ConnectionSource for Failover {
         }
     }
 
-    fn read(&self) -> Result<Reading, SourceError> {
-        self.with(|s| s.read())
+    fn read(&self, detail: Detail) -> Result<Reading, SourceError> {
+        self.with(|s| s.read(detail))
     }
 
     fn refresh(&self) -> Result<(), SourceError> {
@@ -79,6 +79,12 @@ impl ConnectionSource for Failover {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    fn health(&self) -> SourceHealth {
+        // The primary's counters stay meaningful (and monotonic) after it
+        // failed; the backup has none of its own.
+        self.primary.health()
     }
 }
 
@@ -99,7 +105,7 @@ mod tests {
         fn kind(&self) -> SourceKind {
             self.kind
         }
-        fn read(&self) -> Result<Reading, SourceError> {
+        fn read(&self, _: Detail) -> Result<Reading, SourceError> {
             if self.broken.load(Ordering::SeqCst) {
                 return Err(SourceError::Unavailable {
                     reason: "map read failed".into(),
@@ -108,7 +114,7 @@ mod tests {
             Ok(Reading::from([(
                 80,
                 PortReading {
-                    established_v4: self.established,
+                    established: [self.established, 0],
                     ..Default::default()
                 },
             )]))
@@ -128,15 +134,21 @@ mod tests {
             broken: AtomicBool::new(false),
         });
         let f = Failover::new(primary.clone(), backup);
-        assert_eq!(f.read().expect("read")[&80].established_v4, 1);
+        assert_eq!(
+            f.read(Detail::default()).expect("read")[&80].established[0],
+            1
+        );
         assert_eq!((f.kind(), f.degraded()), (SourceKind::Ebpf, None));
         primary.broken.store(true, Ordering::SeqCst);
-        assert_eq!(f.read().expect("backup answers")[&80].established_v4, 2);
+        assert_eq!(
+            f.read(Detail::default()).expect("backup answers")[&80].established[0],
+            2
+        );
         assert_eq!(f.kind(), SourceKind::SockDiag);
         assert!(f.degraded().expect("degraded").contains("map read failed"));
         primary.broken.store(false, Ordering::SeqCst);
         assert_eq!(
-            f.read().expect("read")[&80].established_v4,
+            f.read(Detail::default()).expect("read")[&80].established[0],
             2,
             "no switching back"
         );

@@ -1,15 +1,26 @@
 //! One trait, several ways to read the kernel's TCP state for the followed
-//! ports. Everything above this module (activity, HTTP) sees only
-//! [`ConnectionSource`] and [`Reading`].
+//! ports. Everything above this module (activity, HTTP, metrics, hooks) sees
+//! only [`ConnectionSource`] and [`Reading`].
 pub mod ebpf;
 mod failover;
+mod follow;
+pub mod peers;
+mod poller;
 pub mod procfs;
+mod reading;
 mod reconcile;
+pub mod snapshot;
 pub mod sock_diag;
 
-use std::{collections::BTreeMap, fmt, path::PathBuf, sync::Arc};
+use std::{fmt, path::PathBuf, sync::Arc, time::Duration};
 
 use tracing::{info, warn};
+
+pub use self::{
+    follow::Follow,
+    reading::{Detail, Family, PortReading, Reading},
+};
+use self::{peers::PeerFilter, poller::PollingSource, snapshot::Snapshotter};
 
 /// Which source answered; also the `--source` choice minus `auto`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,42 +53,10 @@ pub enum SourceChoice {
     Auto,
     /// Kernel program on the inet_sock_set_state tracepoint.
     Ebpf,
-    /// Netlink sock_diag, states filtered in the kernel.
+    /// Netlink sock_diag, states and ports filtered in the kernel.
     SockDiag,
     /// /proc/net/tcp and /proc/net/tcp6.
     Proc,
-}
-
-/// What a source knows about one port at one moment.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PortReading {
-    pub established_v4: u64,
-    pub established_v6: u64,
-    pub time_wait: u64,
-    /// LISTEN sockets on the port (several with SO_REUSEPORT).
-    pub listeners: u64,
-    /// CLOCK_BOOTTIME nanoseconds of the last ESTABLISHED entry or exit the
-    /// kernel reported; only event-fed sources know it.
-    pub last_active_ns: Option<u64>,
-}
-
-impl PortReading {
-    pub fn established(&self) -> u64 {
-        self.established_v4 + self.established_v6
-    }
-
-    /// Someone is, or is about to stop being, connected.
-    pub fn busy(&self) -> bool {
-        self.established() + self.time_wait > 0
-    }
-}
-
-/// One reading of every followed port.
-pub type Reading = BTreeMap<u16, PortReading>;
-
-/// A reading with every port at zero, for a poller to count into.
-pub fn empty_reading(ports: &[u16]) -> Reading {
-    ports.iter().map(|&p| (p, PortReading::default())).collect()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +81,22 @@ pub enum SourceError {
     },
 }
 
+/// The tracker's own health, for `/metrics`. Counters are totals since start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SourceHealth {
+    /// TCP state changes the kernel program saw (every port, every namespace).
+    pub kernel_events: Option<u64>,
+    /// Program runs the kernel skipped because it was already running on that
+    /// CPU (`recursion_misses`); the snapshot reconcile repairs their effect.
+    pub kernel_missed_events: Option<u64>,
+    /// Connections the per-connection map had no room for.
+    pub untracked_connections: Option<u64>,
+    /// New listeners the ring buffer had no room for (`--all-ports`).
+    pub lost_listener_reports: Option<u64>,
+    /// Times a snapshot found the event counts wrong and corrected them.
+    pub corrections: u64,
+}
+
 /// A way of reading TCP socket counts from the kernel.
 ///
 /// `read` must reflect the kernel at the moment of the call (the contract's
@@ -109,7 +104,7 @@ pub enum SourceError {
 /// like snapshots.
 pub trait ConnectionSource: Send + Sync {
     fn kind(&self) -> SourceKind;
-    fn read(&self) -> Result<Reading, SourceError>;
+    fn read(&self, detail: Detail) -> Result<Reading, SourceError>;
     fn refresh(&self) -> Result<(), SourceError> {
         Ok(())
     }
@@ -117,14 +112,43 @@ pub trait ConnectionSource: Send + Sync {
     fn degraded(&self) -> Option<String> {
         None
     }
+    fn health(&self) -> SourceHealth {
+        SourceHealth::default()
+    }
 }
 
 /// What every source needs to know to start.
 #[derive(Clone, Debug)]
 pub struct SourceOptions {
+    /// `--monitor-port`: always followed.
     pub ports: Vec<u16>,
+    /// `--all-ports`: also every port with a listener.
+    pub all_ports: bool,
     /// Where the kernel's BTF is (`--kernel-btf`).
     pub kernel_btf: PathBuf,
+    /// `--ignore-peer`.
+    pub peers: PeerFilter,
+    /// `--activity-min-age`.
+    pub activity_min_age: Duration,
+    /// `--max-tracked-connections`: capacity of the per-connection map.
+    pub max_tracked_connections: u32,
+    /// Ports `--all-ports` must not follow: the daemon's own HTTP port.
+    pub excluded_ports: Vec<u16>,
+}
+
+impl SourceOptions {
+    pub fn follow(&self) -> Follow {
+        Follow::new(self.ports.clone(), self.all_ports, &self.excluded_ports)
+    }
+
+    fn poller(&self, snapshots: Arc<dyn Snapshotter>) -> Arc<dyn ConnectionSource> {
+        Arc::new(PollingSource::new(
+            snapshots,
+            self.follow(),
+            self.peers.clone(),
+            self.activity_min_age,
+        ))
+    }
 }
 
 /// Opens the source `choice` names. Under `Auto`, a source that cannot work
@@ -133,38 +157,42 @@ pub fn open(
     choice: SourceChoice,
     options: &SourceOptions,
 ) -> anyhow::Result<Arc<dyn ConnectionSource>> {
-    let ports = || options.ports.clone();
-    let proc_source = || Arc::new(procfs::ProcNetSource::new(ports())) as Arc<dyn ConnectionSource>;
-    let sock_diag = || -> Result<Arc<dyn ConnectionSource>, SourceError> {
-        let source = sock_diag::SockDiagSource::new(ports());
-        source.read()?; // proves the kernel answers before we rely on it
-        Ok(Arc::new(source))
+    let proc_source = || options.poller(Arc::new(procfs::ProcNet));
+    let sock_diag = || -> Result<Arc<dyn Snapshotter>, SourceError> {
+        let snapshots = sock_diag::SockDiag;
+        // Proves the kernel answers before we rely on it.
+        snapshots.snapshot(&snapshot::SnapshotRequest {
+            ports: options.ports.clone(),
+            all_listeners: options.all_ports,
+        })?;
+        Ok(Arc::new(snapshots))
     };
-    // The eBPF source's snapshots (seeding, TIME_WAIT): the cheapest poller.
+    // The eBPF source's snapshots (seeding, TIME_WAIT): the cheapest lister.
     let snapshots = || match sock_diag() {
-        Ok(source) => source,
+        Ok(snapshots) => snapshots,
         Err(e) => {
             warn!("sock_diag unavailable ({e}); eBPF snapshots will read /proc");
-            proc_source()
+            Arc::new(procfs::ProcNet) as Arc<dyn Snapshotter>
         }
     };
-    // The snapshot source doubles as the backup if eBPF breaks at run time.
+    // A poller on the same snapshots is the backup if eBPF breaks at run time.
     let ebpf = || {
         let snapshots = snapshots();
         ebpf::EbpfSource::open(options, snapshots.clone()).map(|s| {
-            Arc::new(failover::Failover::new(Arc::new(s), snapshots)) as Arc<dyn ConnectionSource>
+            Arc::new(failover::Failover::new(s, options.poller(snapshots)))
+                as Arc<dyn ConnectionSource>
         })
     };
     match choice {
         SourceChoice::Proc => Ok(proc_source()),
-        SourceChoice::SockDiag => {
-            sock_diag().map_err(|e| anyhow::anyhow!("sock-diag source unavailable: {e}"))
-        }
+        SourceChoice::SockDiag => sock_diag()
+            .map(|s| options.poller(s))
+            .map_err(|e| anyhow::anyhow!("sock-diag source unavailable: {e}")),
         SourceChoice::Ebpf => ebpf().map_err(|e| anyhow::anyhow!("eBPF source unavailable: {e}")),
         SourceChoice::Auto => {
             let source = ebpf()
                 .inspect_err(|e| warn!("eBPF source unavailable ({e}); trying sock_diag"))
-                .or_else(|_| sock_diag())
+                .or_else(|_| sock_diag().map(|s| options.poller(s)))
                 .inspect_err(|e| {
                     warn!("sock-diag source unavailable ({e}); falling back to /proc/net/tcp")
                 })

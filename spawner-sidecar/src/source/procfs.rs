@@ -1,14 +1,21 @@
-//! The slowest source, and the one that works anywhere: `/proc/net/tcp` and
-//! `/proc/net/tcp6`, re-read in full on every request.
+//! The slowest snapshotter, and the one that works anywhere:
+//! `/proc/net/tcp` and `/proc/net/tcp6`, re-read in full every time.
 //!
-//! It costs O(sockets in the namespace) per answer, and like every poller it
-//! cannot see a connection that opens and closes between two reads. The
-//! parser is hand-written rather than the `procfs` crate's because it skips
-//! every line whose local port is not followed before parsing anything else,
-//! and allocates nothing per line that it skips.
-use std::{collections::HashSet, io::BufRead};
+//! It costs O(sockets in the namespace) per snapshot. The parser is
+//! hand-written rather than the `procfs` crate's because it looks at the
+//! local port and state of each line before parsing anything else, and
+//! allocates nothing for a line it skips; most lines of a busy node are
+//! sockets nobody follows.
+use std::{
+    collections::HashSet,
+    io::BufRead,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+};
 
-use super::{ConnectionSource, Reading, SourceError, SourceKind, empty_reading};
+use super::{
+    Family, SourceError, SourceKind,
+    snapshot::{SnapshotRequest, Snapshotter, SocketEntry, SocketState},
+};
 
 const TCP4: &str = "/proc/net/tcp";
 const TCP6: &str = "/proc/net/tcp6";
@@ -18,28 +25,23 @@ const ESTABLISHED: u8 = 0x01;
 const TIME_WAIT: u8 = 0x06;
 const LISTEN: u8 = 0x0A;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Family {
-    V4,
-    V6,
-}
-
-/// What one pass over a table found besides the counts.
+/// What one pass over a table found besides the sockets.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct ParseStats {
     pub lines: usize,
     /// Lines that did not have the documented shape; skipped, never guessed.
     pub malformed: usize,
-    /// Rows the kernel printed twice across read boundaries; counted once.
+    /// Rows the kernel printed twice across read boundaries; listed once.
     pub duplicates: usize,
 }
 
-/// Adds the sockets of one `/proc/net/tcp{,6}` table whose local port is in
-/// `reading` to the counts there.
+/// Appends the sockets of one `/proc/net/tcp{,6}` table that `request`
+/// asks for to `out`.
 pub fn parse_table(
     input: impl BufRead,
     family: Family,
-    reading: &mut Reading,
+    request: &SnapshotRequest,
+    out: &mut Vec<SocketEntry>,
 ) -> std::io::Result<ParseStats> {
     let mut stats = ParseStats::default();
     let mut seen: HashSet<Vec<u8>> = HashSet::new();
@@ -53,22 +55,34 @@ pub fn parse_table(
             stats.malformed += 1;
             continue;
         };
-        let Some(port) = reading.get_mut(&row.local_port) else {
-            continue;
+        let state = match row.state {
+            ESTABLISHED => SocketState::Established,
+            TIME_WAIT => SocketState::TimeWait,
+            LISTEN => SocketState::Listen,
+            _ => continue,
         };
+        let wanted = request.ports.contains(&row.local_port)
+            || (request.all_listeners && state == SocketState::Listen);
+        if !wanted {
+            continue;
+        }
         // The 4-tuple plus inode identifies a socket: several listeners may
         // share an address (SO_REUSEPORT), TIME_WAIT sockets all have inode 0.
         if !seen.insert(row.identity.to_vec()) {
             stats.duplicates += 1;
             continue;
         }
-        match (row.state, family) {
-            (ESTABLISHED, Family::V4) => port.established_v4 += 1,
-            (ESTABLISHED, Family::V6) => port.established_v6 += 1,
-            (TIME_WAIT, _) => port.time_wait += 1,
-            (LISTEN, _) => port.listeners += 1,
-            _ => {}
-        }
+        let (Some(local), Some(peer)) = (address(row.local), address(row.remote)) else {
+            stats.malformed += 1;
+            continue;
+        };
+        out.push(SocketEntry {
+            state,
+            family,
+            local,
+            peer,
+            cookie: None,
+        });
     }
     Ok(stats)
 }
@@ -76,6 +90,8 @@ pub fn parse_table(
 struct Row<'a> {
     local_port: u16,
     state: u8,
+    local: &'a [u8],
+    remote: &'a [u8],
     identity: &'a [u8],
 }
 
@@ -106,6 +122,8 @@ impl<'a> Row<'a> {
         Some(Row {
             local_port: u16::try_from(hex(port)?).ok()?,
             state: u8::try_from(state).ok()?,
+            local,
+            remote,
             identity: &line[start..end],
         })
     }
@@ -124,20 +142,37 @@ fn hex(field: &[u8]) -> Option<u32> {
     u32::from_str_radix(std::str::from_utf8(field).ok()?, 16).ok()
 }
 
-/// Reads `/proc/net/tcp` and `/proc/net/tcp6` of the namespace it runs in.
-pub struct ProcNetSource {
-    ports: Vec<u16>,
+/// `0100007F:1F90` -> 127.0.0.1:8080. The kernel prints each 32-bit word of
+/// the address as a host-order integer (`%08X`), so a word's bytes in
+/// memory order are the hex value's native-endian bytes.
+fn address(field: &[u8]) -> Option<SocketAddr> {
+    let (address, port) = split_address(field)?;
+    let port = u16::try_from(hex(port)?).ok()?;
+    let word = |i: usize| hex(address.get(8 * i..8 * i + 8)?).map(u32::to_ne_bytes);
+    let ip = match address.len() {
+        8 => IpAddr::V4(Ipv4Addr::from(word(0)?)),
+        32 => {
+            let mut octets = [0u8; 16];
+            for i in 0..4 {
+                octets[4 * i..4 * i + 4].copy_from_slice(&word(i)?);
+            }
+            IpAddr::V6(Ipv6Addr::from(octets))
+        }
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
 }
 
-impl ProcNetSource {
-    pub fn new(ports: Vec<u16>) -> Self {
-        ProcNetSource { ports }
-    }
+/// Lists sockets from `/proc/net/tcp` and `/proc/net/tcp6` of the namespace
+/// it runs in.
+pub struct ProcNet;
 
+impl ProcNet {
     fn read_table(
         path: &'static str,
         family: Family,
-        reading: &mut Reading,
+        request: &SnapshotRequest,
+        out: &mut Vec<SocketEntry>,
     ) -> Result<(), SourceError> {
         // Read in one pass into memory, reopening every time: a long-lived
         // reader that seeks back sees a mix of two moments.
@@ -149,7 +184,7 @@ impl ProcNetSource {
             }
             Err(source) => return Err(SourceError::Io { path, source }),
         };
-        let stats = parse_table(&data[..], family, reading)
+        let stats = parse_table(&data[..], family, request, out)
             .map_err(|source| SourceError::Io { path, source })?;
         if stats.malformed > 0 {
             tracing::warn!(path, malformed = stats.malformed, "skipped malformed lines");
@@ -158,23 +193,23 @@ impl ProcNetSource {
     }
 }
 
-impl ConnectionSource for ProcNetSource {
+impl Snapshotter for ProcNet {
     fn kind(&self) -> SourceKind {
         SourceKind::Proc
     }
 
-    fn read(&self) -> Result<Reading, SourceError> {
-        let mut reading = empty_reading(&self.ports);
-        Self::read_table(TCP4, Family::V4, &mut reading)?;
-        Self::read_table(TCP6, Family::V6, &mut reading)?;
-        Ok(reading)
+    fn snapshot(&self, request: &SnapshotRequest) -> Result<Vec<SocketEntry>, SourceError> {
+        let mut out = Vec::new();
+        Self::read_table(TCP4, Family::V4, request, &mut out)?;
+        Self::read_table(TCP6, Family::V6, request, &mut out)?;
+        Ok(out)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::PortReading;
+    use crate::source::{peers::PeerFilter, snapshot::count};
 
     /// Captured on Linux 6.18: a listener on 127.0.0.1:8080, one accepted
     /// connection, one in TIME_WAIT after a server-first close, and a client
@@ -199,14 +234,22 @@ mod tests {
    3: 00000000000000000000000001000000:2382 00000000000000000000000001000000:E540 01 00000000:00000000 00:00000000 00000000     0        0 8816 1 0000000085341760 20 0 0 10 -1
 ";
 
-    fn reading(ports: &[u16]) -> Reading {
-        ports.iter().map(|&p| (p, PortReading::default())).collect()
+    fn request(ports: &[u16]) -> SnapshotRequest {
+        SnapshotRequest {
+            ports: ports.to_vec(),
+            all_listeners: false,
+        }
+    }
+
+    fn parse(input: &str, family: Family, req: &SnapshotRequest) -> (Vec<SocketEntry>, ParseStats) {
+        let mut out = Vec::new();
+        let stats = parse_table(input.as_bytes(), family, req, &mut out).expect("parse");
+        (out, stats)
     }
 
     #[test]
-    fn counts_server_side_sockets_of_followed_ports_only() {
-        let mut r = reading(&[8080, 9090]);
-        let stats = parse_table(TCP4_CAPTURE.as_bytes(), Family::V4, &mut r).expect("parse");
+    fn lists_server_side_sockets_of_followed_ports_only() {
+        let (sockets, stats) = parse(TCP4_CAPTURE, Family::V4, &request(&[8080, 9090]));
         assert_eq!(
             stats,
             ParseStats {
@@ -215,32 +258,52 @@ mod tests {
                 duplicates: 0
             }
         );
-        let p8080 = r[&8080];
+        let r = count(&sockets, &[8080, 9090], &PeerFilter::default());
+        let p8080 = &r[&8080];
         assert_eq!(
-            (p8080.established_v4, p8080.time_wait, p8080.listeners),
-            (1, 1, 1)
+            (p8080.established, p8080.time_wait, p8080.listeners),
+            ([1, 0], [1, 0], 1)
         );
         // 0100007F:CC9C -> :2382 is a client of 9090: local port is ephemeral.
-        assert_eq!(r[&9090], PortReading::default());
+        assert_eq!(r[&9090], Default::default());
+        let conn = sockets
+            .iter()
+            .find(|s| s.state == SocketState::Established)
+            .expect("one");
+        assert_eq!(conn.local, "127.0.0.1:8080".parse().expect("addr"));
+        assert_eq!(conn.peer, "127.0.0.1:59808".parse().expect("addr"));
     }
 
     #[test]
-    fn counts_ipv6_and_ipv4_mapped_connections_on_dual_stack_listener() {
-        let mut r = reading(&[9090]);
-        parse_table(TCP6_CAPTURE.as_bytes(), Family::V6, &mut r).expect("parse");
-        assert_eq!(r[&9090].established_v6, 2);
+    fn lists_ipv6_and_ipv4_mapped_connections_on_dual_stack_listener() {
+        let (sockets, _) = parse(TCP6_CAPTURE, Family::V6, &request(&[9090]));
+        let r = count(&sockets, &[9090], &PeerFilter::default());
+        assert_eq!(r[&9090].established, [0, 2]);
         assert_eq!(r[&9090].listeners, 1);
+        let peers: Vec<String> = sockets.iter().map(|s| s.peer.to_string()).collect();
+        assert_eq!(peers, ["[::]:0", "[::ffff:127.0.0.1]:52380", "[::1]:58688"]);
     }
 
     #[test]
-    fn counts_a_row_printed_twice_once() {
+    fn all_listeners_adds_listeners_of_every_port() {
+        let req = SnapshotRequest {
+            ports: vec![],
+            all_listeners: true,
+        };
+        let (sockets, _) = parse(TCP4_CAPTURE, Family::V4, &req);
+        let ports: Vec<u16> = sockets.iter().map(SocketEntry::port).collect();
+        assert_eq!(ports, [2024, 8080]);
+        assert!(sockets.iter().all(|s| s.state == SocketState::Listen));
+    }
+
+    #[test]
+    fn lists_a_row_printed_twice_once() {
         let mut doubled = TCP4_CAPTURE.to_string();
         doubled.push_str(TCP4_CAPTURE.lines().nth(5).expect("row"));
         doubled.push('\n');
-        let mut r = reading(&[8080]);
-        let stats = parse_table(doubled.as_bytes(), Family::V4, &mut r).expect("parse");
+        let (sockets, stats) = parse(&doubled, Family::V4, &request(&[8080]));
         assert_eq!(stats.duplicates, 1);
-        assert_eq!(r[&8080].established_v4, 1);
+        assert_eq!(sockets.len(), 3);
     }
 
     #[test]
@@ -254,22 +317,17 @@ mod tests {
             4: 0100007F:1F90 0100007F:E9A0 01 0:0 0:0 0 0 0 x1 1\n\
             5 0100007F:1F90 0100007F:E9A0 01 0:0 0:0 0 0 0 1 1\n\
             6: 0100007F:1F90 0100007F:E9A1 01 0:0 0:0 0 0 0 77 1\n";
-        let mut r = reading(&[8080]);
-        let stats = parse_table(input.as_bytes(), Family::V4, &mut r).expect("parse");
+        let (sockets, stats) = parse(input, Family::V4, &request(&[8080]));
         assert_eq!(stats.lines, 8);
         assert_eq!(stats.malformed, 7);
-        assert_eq!(
-            r[&8080].established_v4, 1,
-            "only the well-formed row counts"
-        );
+        assert_eq!(sockets.len(), 1, "only the well-formed row is listed");
     }
 
     #[test]
     fn header_only_table_is_empty() {
-        let mut r = reading(&[8080]);
         let header = TCP6_CAPTURE.lines().next().expect("header");
-        let stats = parse_table(header.as_bytes(), Family::V6, &mut r).expect("parse");
+        let (sockets, stats) = parse(header, Family::V6, &request(&[8080]));
         assert_eq!(stats.lines, 0);
-        assert_eq!(r[&8080], PortReading::default());
+        assert!(sockets.is_empty());
     }
 }

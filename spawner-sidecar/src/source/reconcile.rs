@@ -17,8 +17,9 @@ use super::PortReading;
 /// One port's event-fed counts, summed over CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EventCounts {
-    pub established_v4: i64,
-    pub established_v6: i64,
+    /// By `Family::index`.
+    pub established: [i64; 2],
+    pub ignored: i64,
     pub listening: i64,
     pub transitions: u64,
     pub opened: u64,
@@ -32,8 +33,11 @@ impl EventCounts {
         per_cpu
             .into_iter()
             .fold(Self::default(), |acc, c| EventCounts {
-                established_v4: acc.established_v4 + c.established_v4,
-                established_v6: acc.established_v6 + c.established_v6,
+                established: [
+                    acc.established[0] + c.established_v4,
+                    acc.established[1] + c.established_v6,
+                ],
+                ignored: acc.ignored + c.ignored,
                 listening: acc.listening + c.listening,
                 transitions: acc.transitions + c.transitions,
                 opened: acc.opened + c.opened,
@@ -46,11 +50,13 @@ impl EventCounts {
 /// What to add to one port's event counts to get the kernel's real counts.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Correction {
-    established_v4: i64,
-    established_v6: i64,
+    established: [i64; 2],
+    ignored: i64,
     listening: i64,
     /// TIME_WAIT as of the last snapshot (no event reports it).
-    time_wait: u64,
+    time_wait: [u64; 2],
+    ignored_time_wait: u64,
+    young_time_wait: u64,
     /// Whether a quiet snapshot has been taken since start.
     pub exact: bool,
 }
@@ -73,11 +79,19 @@ impl Correction {
     pub fn apply(&self, events: &EventCounts) -> PortReading {
         let clamp = |v: i64| u64::try_from(v).unwrap_or(0);
         PortReading {
-            established_v4: clamp(events.established_v4 + self.established_v4),
-            established_v6: clamp(events.established_v6 + self.established_v6),
+            established: [
+                clamp(events.established[0] + self.established[0]),
+                clamp(events.established[1] + self.established[1]),
+            ],
             time_wait: self.time_wait,
+            ignored_established: clamp(events.ignored + self.ignored),
+            ignored_time_wait: self.ignored_time_wait,
             listeners: clamp(events.listening + self.listening),
+            young_time_wait: self.young_time_wait,
             last_active_ns: (events.last_active_ns != 0).then_some(events.last_active_ns),
+            opened: events.opened,
+            closed: events.closed,
+            starts: None,
         }
     }
 
@@ -91,16 +105,21 @@ impl Correction {
         // TIME_WAIT only ever comes from snapshots: take it even from a busy
         // one, it is at most one tick old either way.
         self.time_wait = snapshot.time_wait;
+        self.ignored_time_wait = snapshot.ignored_time_wait;
+        self.young_time_wait = snapshot.young_time_wait;
         if before.transitions != after.transitions {
             return Outcome::Busy;
         }
         let signed = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         let next = Correction {
-            established_v4: signed(snapshot.established_v4) - after.established_v4,
-            established_v6: signed(snapshot.established_v6) - after.established_v6,
+            established: [
+                signed(snapshot.established[0]) - after.established[0],
+                signed(snapshot.established[1]) - after.established[1],
+            ],
+            ignored: signed(snapshot.ignored_established) - after.ignored,
             listening: signed(snapshot.listeners) - after.listening,
-            time_wait: snapshot.time_wait,
             exact: true,
+            ..*self
         };
         let drift = self.exact && next != *self;
         *self = next;
@@ -114,7 +133,7 @@ mod tests {
 
     fn events(v4: i64, listening: i64, transitions: u64) -> EventCounts {
         EventCounts {
-            established_v4: v4,
+            established: [v4, 0],
             listening,
             transitions,
             ..Default::default()
@@ -123,9 +142,9 @@ mod tests {
 
     fn snapshot(v4: u64, listeners: u64, time_wait: u64) -> PortReading {
         PortReading {
-            established_v4: v4,
+            established: [v4, 0],
             listeners,
-            time_wait,
+            time_wait: [time_wait, 0],
             ..Default::default()
         }
     }
@@ -139,11 +158,11 @@ mod tests {
             c.update(&quiet, &snapshot(50, 1, 0), &quiet),
             Outcome::Reconciled { drift: false }
         );
-        assert_eq!(c.apply(&quiet).established_v4, 50);
+        assert_eq!(c.apply(&quiet).established[0], 50);
         // 25 more arrive as events; 75 closes later everything is gone.
-        assert_eq!(c.apply(&events(25, 0, 25)).established_v4, 75);
+        assert_eq!(c.apply(&events(25, 0, 25)).established[0], 75);
         let r = c.apply(&events(-50, 0, 100));
-        assert_eq!((r.established_v4, r.listeners), (0, 1));
+        assert_eq!((r.established[0], r.listeners), (0, 1));
     }
 
     #[test]
@@ -156,8 +175,12 @@ mod tests {
         let outcome = c.update(&events(0, 1, 1), &snapshot(99, 1, 3), &events(1, 1, 2));
         assert_eq!(outcome, Outcome::Busy);
         let r = c.apply(&events(1, 1, 2));
-        assert_eq!(r.established_v4, 11);
-        assert_eq!(r.time_wait, 3, "TIME_WAIT is taken from every snapshot");
+        assert_eq!(r.established[0], 11);
+        assert_eq!(
+            r.time_wait,
+            [3, 0],
+            "TIME_WAIT is taken from every snapshot"
+        );
     }
 
     #[test]
@@ -177,14 +200,14 @@ mod tests {
             c.update(&e, &snapshot(4, 1, 0), &e),
             Outcome::Reconciled { drift: true }
         );
-        assert_eq!(c.apply(&e).established_v4, 4);
+        assert_eq!(c.apply(&e).established[0], 4);
     }
 
     #[test]
     fn never_reports_negative_counts() {
         let c = Correction::default();
         let r = c.apply(&events(-3, -1, 4));
-        assert_eq!((r.established_v4, r.listeners), (0, 0));
+        assert_eq!((r.established[0], r.listeners), (0, 0));
     }
 
     #[test]
@@ -204,13 +227,8 @@ mod tests {
         };
         let sum = EventCounts::sum([&cpu0, &cpu1]);
         assert_eq!(
-            (
-                sum.established_v4,
-                sum.established_v6,
-                sum.transitions,
-                sum.last_active_ns
-            ),
-            (2, 2, 9, 100)
+            (sum.established, sum.transitions, sum.last_active_ns),
+            ([2, 2], 9, 100)
         );
     }
 }

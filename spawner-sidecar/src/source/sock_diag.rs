@@ -1,11 +1,12 @@
-//! The netlink sock_diag source: asks the kernel for TCP sockets in
+//! Netlink sock_diag snapshots: asks the kernel for TCP sockets in
 //! ESTABLISHED, TIME_WAIT and LISTEN on the followed local ports (state and
-//! port filters run in the kernel) and counts them. No text parsing, no `ss`.
+//! port filters run in the kernel). No text parsing, no `ss`.
 //!
-//! Like `/proc`, it costs O(sockets in those states) per read and cannot see
-//! a connection that opened and closed between two reads; it is the eBPF
-//! source's snapshot for seeding and TIME_WAIT, and the fallback before
-//! `/proc`.
+//! Like `/proc`, it walks every socket of the namespace in those states per
+//! call; only matches are copied out. It is the eBPF source's snapshot for
+//! seeding and TIME_WAIT, and the fallback source before `/proc`.
+use std::net::SocketAddr;
+
 use netlink_packet_core::{
     NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
 };
@@ -14,18 +15,21 @@ use netlink_packet_sock_diag::{
     constants::{AF_INET, AF_INET6, IPPROTO_TCP},
     inet::{ExtensionFlags, InetRequest, InetResponse, SocketId, StateFlags},
 };
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_SOCK_DIAG};
+use netlink_sys::{Socket, SocketAddr as NetlinkAddr, protocols::NETLINK_SOCK_DIAG};
 
-use super::{ConnectionSource, Reading, SourceError, SourceKind, empty_reading};
+use super::{
+    Family, SourceError, SourceKind,
+    snapshot::{SnapshotRequest, Snapshotter, SocketEntry, SocketState},
+};
 
 /// TCP states as the kernel numbers them (`include/net/tcp_states.h`).
 const ESTABLISHED: u8 = 1;
 const TIME_WAIT: u8 = 6;
 const LISTEN: u8 = 10;
 
-pub struct SockDiagSource {
-    ports: Vec<u16>,
-}
+/// Lists sockets with netlink sock_diag dumps, states and ports filtered in
+/// the kernel.
+pub struct SockDiag;
 
 fn netlink(what: &str, e: impl std::fmt::Display) -> SourceError {
     SourceError::Netlink {
@@ -33,76 +37,77 @@ fn netlink(what: &str, e: impl std::fmt::Display) -> SourceError {
     }
 }
 
-impl SockDiagSource {
-    pub fn new(ports: Vec<u16>) -> Self {
-        SockDiagSource { ports }
-    }
+/// One dump of one address family, appended to `out`. `ports` filters by
+/// local port in the kernel; `None` lists every port.
+fn dump(
+    family: u8,
+    states: StateFlags,
+    ports: Option<&[u16]>,
+    out: &mut Vec<SocketEntry>,
+) -> Result<(), SourceError> {
+    let mut socket =
+        Socket::new(NETLINK_SOCK_DIAG).map_err(|e| netlink("opening a sock_diag socket", e))?;
+    socket.bind_auto().map_err(|e| netlink("binding", e))?;
+    socket
+        .connect(&NetlinkAddr::new(0, 0))
+        .map_err(|e| netlink("connecting", e))?;
 
-    /// One dump of one address family, folded into `reading`.
-    fn dump(family: u8, ports: &[u16], reading: &mut Reading) -> Result<(), SourceError> {
-        let mut socket =
-            Socket::new(NETLINK_SOCK_DIAG).map_err(|e| netlink("opening a sock_diag socket", e))?;
-        socket.bind_auto().map_err(|e| netlink("binding", e))?;
-        socket
-            .connect(&SocketAddr::new(0, 0))
-            .map_err(|e| netlink("connecting", e))?;
-
-        let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-        let socket_id = if family == AF_INET {
-            SocketId::new_v4()
-        } else {
-            SocketId::new_v6()
-        };
-        let mut request = NetlinkMessage::new(
-            header,
-            SockDiagMessage::InetRequest(InetRequest {
-                family,
-                protocol: IPPROTO_TCP,
-                extensions: ExtensionFlags::empty(),
-                states: StateFlags::ESTABLISHED | StateFlags::TIME_WAIT | StateFlags::LISTEN,
-                socket_id,
-            })
-            .into(),
-        );
-        request.finalize();
-        let mut buf = vec![0; request.buffer_len()];
-        request.serialize(&mut buf);
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    let socket_id = if family == AF_INET {
+        SocketId::new_v4()
+    } else {
+        SocketId::new_v6()
+    };
+    let mut request = NetlinkMessage::new(
+        header,
+        SockDiagMessage::InetRequest(InetRequest {
+            family,
+            protocol: IPPROTO_TCP,
+            extensions: ExtensionFlags::empty(),
+            states,
+            socket_id,
+        })
+        .into(),
+    );
+    request.finalize();
+    let mut buf = vec![0; request.buffer_len()];
+    request.serialize(&mut buf);
+    if let Some(ports) = ports {
         append_port_filter(&mut buf, ports);
-        socket
-            .send(&buf, 0)
-            .map_err(|e| netlink("sending the dump request", e))?;
+    }
+    socket
+        .send(&buf, 0)
+        .map_err(|e| netlink("sending the dump request", e))?;
 
-        let mut receive = vec![0u8; 64 * 1024];
-        loop {
-            let size = socket
-                .recv(&mut &mut receive[..], 0)
-                .map_err(|e| netlink("receiving the dump", e))?;
-            if size == 0 {
-                return Err(netlink(
-                    "receiving the dump",
-                    "connection closed before the end",
-                ));
-            }
-            let mut offset = 0;
-            while offset < size {
-                let message =
-                    NetlinkMessage::<SockDiagMessage>::deserialize(&receive[offset..size])
-                        .map_err(|e| netlink("decoding the dump", e))?;
-                let length = message.header.length as usize;
-                match message.payload {
-                    NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
-                        count(&response, family, reading);
-                    }
-                    NetlinkPayload::Done(_) => return Ok(()),
-                    NetlinkPayload::Error(e) => return Err(netlink("kernel refused the dump", e)),
-                    _ => {}
+    let mut receive = vec![0u8; 64 * 1024];
+    loop {
+        let size = socket
+            .recv(&mut &mut receive[..], 0)
+            .map_err(|e| netlink("receiving the dump", e))?;
+        if size == 0 {
+            return Err(netlink(
+                "receiving the dump",
+                "connection closed before the end",
+            ));
+        }
+        let mut offset = 0;
+        while offset < size {
+            let message = NetlinkMessage::<SockDiagMessage>::deserialize(&receive[offset..size])
+                .map_err(|e| netlink("decoding the dump", e))?;
+            let length = message.header.length as usize;
+            match message.payload {
+                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
+                    out.extend(entry(&response, family));
                 }
-                if length == 0 {
-                    break;
-                }
-                offset += length;
+                NetlinkPayload::Done(_) => return Ok(()),
+                NetlinkPayload::Error(e) => return Err(netlink("kernel refused the dump", e)),
+                _ => {}
             }
+            if length == 0 {
+                break;
+            }
+            offset += length;
         }
     }
 }
@@ -143,30 +148,68 @@ fn append_port_filter(buf: &mut Vec<u8>, ports: &[u16]) {
     buf[..4].copy_from_slice(&len.to_ne_bytes());
 }
 
-fn count(response: &InetResponse, family: u8, reading: &mut Reading) {
+fn entry(response: &InetResponse, family: u8) -> Option<SocketEntry> {
     let header = &response.header;
-    let Some(port) = reading.get_mut(&header.socket_id.source_port) else {
-        return;
+    let id = &header.socket_id;
+    let state = match header.state {
+        ESTABLISHED => SocketState::Established,
+        TIME_WAIT => SocketState::TimeWait,
+        LISTEN => SocketState::Listen,
+        _ => return None,
     };
-    match header.state {
-        ESTABLISHED if family == AF_INET => port.established_v4 += 1,
-        ESTABLISHED => port.established_v6 += 1,
-        TIME_WAIT => port.time_wait += 1,
-        LISTEN => port.listeners += 1,
-        _ => {}
-    }
+    // `idiag_cookie` is two host-order u32s, low word first
+    // (`sock_diag_save_cookie`).
+    let word = |i: usize| {
+        u64::from(u32::from_ne_bytes([
+            id.cookie[i],
+            id.cookie[i + 1],
+            id.cookie[i + 2],
+            id.cookie[i + 3],
+        ]))
+    };
+    Some(SocketEntry {
+        state,
+        family: if family == AF_INET {
+            Family::V4
+        } else {
+            Family::V6
+        },
+        local: SocketAddr::new(id.source_address, id.source_port),
+        peer: SocketAddr::new(id.destination_address, id.destination_port),
+        cookie: Some(word(0) | word(4) << 32),
+    })
 }
 
-impl ConnectionSource for SockDiagSource {
+impl Snapshotter for SockDiag {
     fn kind(&self) -> SourceKind {
         SourceKind::SockDiag
     }
 
-    fn read(&self) -> Result<Reading, SourceError> {
-        let mut reading = empty_reading(&self.ports);
-        Self::dump(AF_INET, &self.ports, &mut reading)?;
-        Self::dump(AF_INET6, &self.ports, &mut reading)?;
-        Ok(reading)
+    fn snapshot(&self, request: &SnapshotRequest) -> Result<Vec<SocketEntry>, SourceError> {
+        let mut out = Vec::new();
+        for family in [AF_INET, AF_INET6] {
+            if request.all_listeners {
+                // Listeners of every port: this walks only the listening
+                // hash, so it stays cheap however many connections exist.
+                dump(family, StateFlags::LISTEN, None, &mut out)?;
+                if !request.ports.is_empty() {
+                    dump(
+                        family,
+                        StateFlags::ESTABLISHED | StateFlags::TIME_WAIT,
+                        Some(&request.ports),
+                        &mut out,
+                    )?;
+                }
+            } else {
+                dump(
+                    family,
+                    StateFlags::ESTABLISHED | StateFlags::TIME_WAIT | StateFlags::LISTEN,
+                    Some(&request.ports),
+                    &mut out,
+                )?;
+            }
+        }
+        Ok(out)
     }
 }
 

@@ -1,0 +1,424 @@
+//! The eBPF source: loads the kernel program, checks its offsets against
+//! sockets of our own, and answers from the BPF maps. An answer costs one
+//! map read per followed port, whatever the number of sockets on the host
+//! (plus one batched read of the per-connection map when ages are asked for:
+//! that grows with the connections on the followed ports only).
+//!
+//! TIME_WAIT and sockets that existed before attach come from a snapshot
+//! once per tick (see `reconcile.rs`, `sockets.rs`). With `--all-ports`, the
+//! program reports new listeners through a ring buffer, which a thread of
+//! ours waits on, so a new port is followed within moments, not a tick.
+mod batch;
+mod load;
+mod selftest;
+mod slots;
+mod sockets;
+
+use std::{
+    collections::BTreeMap,
+    os::fd::{AsFd as _, AsRawFd as _},
+    sync::{
+        Arc, Mutex, MutexGuard, Weak,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
+use spawner_sidecar_common::{PortCounts, STAT_EVENTS, STAT_LISTENERS_LOST, STAT_SOCKETS_FULL};
+use tracing::{info, warn};
+
+pub use self::load::PROGRAM;
+use self::{
+    load::{LoadOptions, Loaded},
+    slots::Slots,
+    sockets::SocketMap,
+};
+use super::{
+    ConnectionSource, Detail, Follow, Reading, SourceError, SourceHealth, SourceKind,
+    SourceOptions,
+    peers::PeerFilter,
+    reconcile::{Correction, EventCounts, Outcome},
+    snapshot::{self, SnapshotRequest, Snapshotter},
+};
+use crate::activity::boottime_ns;
+
+/// How long start-up waits for one quiet snapshot per port.
+const SEED_DEADLINE: Duration = Duration::from_secs(1);
+/// The environment variable the tests use to inject a run-time failure.
+const FAULT_ENV: &str = "SPAWNER_SIDECAR_FAULT";
+
+/// Maps and bookkeeping, changed together under one lock. Never held across
+/// a snapshot: those take milliseconds.
+struct Inner {
+    slot_map: Array<MapData, u32>,
+    counts: PerCpuArray<MapData, PortCounts>,
+    sockets: SocketMap,
+    young_closed: aya::maps::HashMap<MapData, u64, u64>,
+    stats: PerCpuArray<MapData, u64>,
+    listeners: RingBuf<MapData>,
+    follow: Follow,
+    slots: Slots,
+    corrections: BTreeMap<u16, Correction>,
+    corrections_total: u64,
+}
+
+pub struct EbpfSource {
+    /// Owns the attached program: dropping it detaches.
+    ebpf: Mutex<aya::Ebpf>,
+    inner: Mutex<Inner>,
+    snapshots: Arc<dyn Snapshotter>,
+    filter: PeerFilter,
+    min_age_ns: u64,
+    /// Test hook (`SPAWNER_SIDECAR_FAULT=ebpf-map-read`): after start-up,
+    /// every map read fails, to exercise the run-time fallback for real.
+    fail_map_reads: AtomicBool,
+}
+
+fn map_error(map: &'static str) -> impl Fn(aya::maps::MapError) -> SourceError {
+    move |source| SourceError::Map { map, source }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every update under these locks is a whole-value replacement or a map
+    // syscall; a panic elsewhere cannot leave them half-done.
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl EbpfSource {
+    /// Loads and attaches the program, self-tests it, follows the ports and
+    /// seeds their counts from `snapshots`.
+    pub fn open(
+        options: &SourceOptions,
+        snapshots: Arc<dyn Snapshotter>,
+    ) -> Result<Arc<Self>, SourceError> {
+        let mut loaded = load::load(&LoadOptions {
+            kernel_btf: options.kernel_btf.clone(),
+            max_sockets: options.max_tracked_connections,
+            activity_min_age: options.activity_min_age,
+            ignore_peers: !options.peers.is_empty(),
+            all_ports: options.all_ports,
+        })?;
+        for net in options.peers.nets() {
+            let (prefix, data) = net.trie_key();
+            loaded
+                .ignored_peers
+                .insert(&aya::maps::lpm_trie::Key::new(prefix, data), 1, 0)
+                .map_err(map_error("IGNORED_PEERS"))?;
+        }
+        loaded.attach()?;
+        let netns = loaded.config.netns_inum;
+        selftest::run(&mut loaded.slots, &loaded.selftest, netns)?;
+        // The self-test's own listeners were reported too: drop every report
+        // so far. A real listener made meanwhile is in the seeding snapshot.
+        while loaded.listeners.next().is_some() {}
+
+        let Loaded {
+            ebpf,
+            slots: slot_map,
+            counts,
+            sockets,
+            young_closed,
+            stats,
+            listeners,
+            ..
+        } = loaded;
+        let source = Arc::new(EbpfSource {
+            ebpf: Mutex::new(ebpf),
+            inner: Mutex::new(Inner {
+                slot_map,
+                counts,
+                sockets,
+                young_closed,
+                stats,
+                listeners,
+                follow: options.follow(),
+                slots: Slots::new(),
+                corrections: BTreeMap::new(),
+                corrections_total: 0,
+            }),
+            snapshots,
+            filter: options.peers.clone(),
+            min_age_ns: u64::try_from(options.activity_min_age.as_nanos()).unwrap_or(u64::MAX),
+            fail_map_reads: false.into(),
+        });
+        {
+            let mut inner = lock(&source.inner);
+            for port in inner.follow.ports() {
+                source.follow(&mut inner, port)?;
+            }
+        }
+        source.seed()?;
+        if options.all_ports {
+            spawn_listener_watch(Arc::downgrade(&source));
+        }
+        if std::env::var(FAULT_ENV).is_ok_and(|v| v == "ebpf-map-read") {
+            warn!("{FAULT_ENV}=ebpf-map-read: every eBPF map read will now fail");
+            source.fail_map_reads.store(true, Ordering::Relaxed);
+        }
+        Ok(source)
+    }
+
+    fn follow(&self, inner: &mut Inner, port: u16) -> Result<(), SourceError> {
+        if inner.slots.follow(port, &mut inner.slot_map)? {
+            inner.corrections.entry(port).or_default();
+        } else {
+            warn!(
+                port,
+                "every slot of the kernel program is taken; port not followed"
+            );
+        }
+        Ok(())
+    }
+
+    fn unfollow(&self, inner: &mut Inner, port: u16) -> Result<(), SourceError> {
+        inner.slots.unfollow(port, &mut inner.slot_map)?;
+        inner.corrections.remove(&port);
+        Ok(())
+    }
+
+    /// Reconciles until every port has had one quiet snapshot, so the first
+    /// answer already counts sockets that existed before start.
+    fn seed(&self) -> Result<(), SourceError> {
+        let deadline = Instant::now() + SEED_DEADLINE;
+        loop {
+            self.refresh()?;
+            let pending: Vec<u16> = lock(&self.inner)
+                .corrections
+                .iter()
+                .filter(|(_, c)| !c.exact)
+                .map(|(&p, _)| p)
+                .collect();
+            if pending.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                warn!(
+                    ?pending,
+                    "ports too busy to seed within {SEED_DEADLINE:?}; retrying every tick"
+                );
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn check_fault(&self) -> Result<(), SourceError> {
+        if self.fail_map_reads.load(Ordering::Relaxed) {
+            return Err(SourceError::Unavailable {
+                reason: format!("BPF map PORT_COUNTS: read failed ({FAULT_ENV})"),
+            });
+        }
+        Ok(())
+    }
+
+    fn event_counts(&self, inner: &Inner) -> Result<BTreeMap<u16, EventCounts>, SourceError> {
+        self.check_fault()?;
+        inner
+            .slots
+            .iter()
+            .map(|(port, slot)| {
+                let values = inner
+                    .counts
+                    .get(&slot, 0)
+                    .map_err(map_error("PORT_COUNTS"))?;
+                Ok((port, EventCounts::sum(values.iter())))
+            })
+            .collect()
+    }
+
+    /// Follows the ports the program reported new listeners on.
+    fn drain_listeners(&self, inner: &mut Inner) -> Result<Vec<u16>, SourceError> {
+        let mut ports = Vec::new();
+        while let Some(item) = inner.listeners.next() {
+            if let Ok(bytes) = <[u8; 4]>::try_from(&item[..]) {
+                ports.push(u32::from_ne_bytes(bytes) as u16);
+            }
+        }
+        let mut added = Vec::new();
+        for port in ports {
+            if inner.follow.add(port) {
+                self.follow(inner, port)?;
+                added.push(port);
+            }
+        }
+        if !added.is_empty() {
+            info!(?added, "following new listeners");
+        }
+        Ok(added)
+    }
+
+    fn stat(inner: &Inner, index: u32) -> Option<u64> {
+        let values = inner.stats.get(&index, 0).ok()?;
+        Some(values.iter().sum())
+    }
+
+    /// `recursion_misses` of our program, from its fd's fdinfo (aya does
+    /// not expose it).
+    fn missed_runs(&self) -> Option<u64> {
+        let ebpf = lock(&self.ebpf);
+        let program = ebpf.program(PROGRAM)?;
+        let fd = program.fd().ok()?.as_fd().as_raw_fd();
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("recursion_misses:"))
+            .and_then(|v| v.trim().parse().ok())
+    }
+}
+
+impl ConnectionSource for EbpfSource {
+    fn kind(&self) -> SourceKind {
+        SourceKind::Ebpf
+    }
+
+    fn read(&self, detail: Detail) -> Result<Reading, SourceError> {
+        let mut inner = lock(&self.inner);
+        self.drain_listeners(&mut inner)?;
+        let events = self.event_counts(&inner)?;
+        let mut reading: Reading = events
+            .iter()
+            .map(|(port, e)| {
+                let correction = inner.corrections.get(port).copied().unwrap_or_default();
+                (*port, correction.apply(e))
+            })
+            .collect();
+        if detail.starts {
+            let mut starts = sockets::starts_by_port(&inner.sockets)?;
+            for (port, r) in reading.iter_mut() {
+                r.starts = Some(starts.remove(port).unwrap_or_default());
+            }
+        }
+        Ok(reading)
+    }
+
+    fn refresh(&self) -> Result<(), SourceError> {
+        let (ports, before) = {
+            let mut inner = lock(&self.inner);
+            self.drain_listeners(&mut inner)?;
+            (inner.follow.ports(), self.event_counts(&inner)?)
+        };
+        let started = boottime_ns();
+        let sockets = self.snapshots.snapshot(&SnapshotRequest {
+            ports: ports.clone(),
+            all_listeners: lock(&self.inner).follow.all_ports(),
+        })?;
+        let mut inner = lock(&self.inner);
+        let after = self.event_counts(&inner)?;
+        let mut counted = snapshot::count(&sockets, &ports, &self.filter);
+        if self.min_age_ns > 0 {
+            let young = sockets::young_time_wait(&inner.young_closed, &sockets, &self.filter)?;
+            for (port, r) in counted.iter_mut() {
+                r.young_time_wait = young.get(port).copied().unwrap_or(0);
+            }
+        }
+        let mut quiet = Vec::new();
+        let mut corrected = 0;
+        for (port, correction) in inner.corrections.iter_mut() {
+            let (Some(b), Some(s), Some(a)) =
+                (before.get(port), counted.get(port), after.get(port))
+            else {
+                continue;
+            };
+            match correction.update(b, s, a) {
+                Outcome::Reconciled { drift } => {
+                    quiet.push(*port);
+                    if drift {
+                        info!(port, "event counts corrected by snapshot");
+                        corrected += 1;
+                    }
+                }
+                Outcome::Busy => {}
+            }
+        }
+        inner.corrections_total += corrected;
+        sockets::reconcile(
+            &mut inner.sockets,
+            &sockets,
+            &quiet,
+            &self.filter,
+            started,
+            boottime_ns(),
+        )?;
+
+        // Ports: free last tick's slots, then follow and drop per the snapshot.
+        let inner = &mut *inner;
+        inner.slots.recycle(&mut inner.counts)?;
+        if inner.follow.all_ports() {
+            let listening = snapshot::listening_ports(&sockets);
+            let now: Reading = after
+                .iter()
+                .map(|(p, e)| {
+                    let c = inner.corrections.get(p).copied().unwrap_or_default();
+                    (*p, c.apply(e))
+                })
+                .collect();
+            let (added, removed) = inner.follow.update(&listening, &now);
+            for port in added {
+                self.follow(inner, port)?;
+            }
+            for port in removed {
+                self.unfollow(inner, port)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn health(&self) -> SourceHealth {
+        let missed = self.missed_runs();
+        let inner = lock(&self.inner);
+        SourceHealth {
+            kernel_events: Self::stat(&inner, STAT_EVENTS),
+            kernel_missed_events: missed,
+            untracked_connections: Self::stat(&inner, STAT_SOCKETS_FULL),
+            lost_listener_reports: Self::stat(&inner, STAT_LISTENERS_LOST),
+            corrections: inner.corrections_total,
+        }
+    }
+}
+
+/// Waits on the `LISTENERS` ring buffer and follows new listeners as soon
+/// as the program reports them, then seeds them. Ends with the source.
+fn spawn_listener_watch(source: Weak<EbpfSource>) {
+    let spawned = std::thread::Builder::new()
+        .name("listener-watch".into())
+        .spawn(move || {
+            loop {
+                let Some(strong) = source.upgrade() else {
+                    return;
+                };
+                let fd = lock(&strong.inner).listeners.as_raw_fd();
+                drop(strong);
+                let mut poll = libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd; the fd stays open while any
+                // strong reference to the source lives, and at worst poll
+                // reports it invalid (POLLNVAL) and we loop to exit.
+                let ready = unsafe { libc::poll(&mut poll, 1, 500) };
+                if ready <= 0 {
+                    continue;
+                }
+                let Some(strong) = source.upgrade() else {
+                    return;
+                };
+                let added = {
+                    let mut inner = lock(&strong.inner);
+                    strong.drain_listeners(&mut inner)
+                };
+                match added {
+                    Ok(added) if !added.is_empty() => {
+                        if let Err(e) = strong.refresh() {
+                            warn!("seeding new listeners: {e}");
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => warn!("following new listeners: {e}"),
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        warn!("cannot start the listener thread ({e}); new listeners are found once per tick");
+    }
+}

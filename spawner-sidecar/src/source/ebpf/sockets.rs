@@ -1,0 +1,132 @@
+//! The per-connection map (`SOCKETS`: cookie -> start time, port, family):
+//! the kernel program adds a connection when it enters ESTABLISHED and
+//! removes it when it leaves. Here: reading ages out of it, and keeping it
+//! true with snapshots, the same way the counts are kept true.
+//!
+//! Connections from before start are added with the time they were first
+//! seen. On a port that was quiet during a snapshot, an entry older than the
+//! snapshot that the snapshot does not list is stale (its insert raced its
+//! close, say) and goes; a listed connection missing from the map (the map
+//! was full, or it predates the program) is added.
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use aya::maps::{HashMap as BpfHashMap, MapData};
+use spawner_sidecar_common::{AF_INET, AF_INET6, SocketRecord};
+use tracing::debug;
+
+use super::batch;
+use crate::source::{
+    Family, SourceError,
+    peers::PeerFilter,
+    snapshot::{SocketEntry, SocketState},
+};
+
+pub type SocketMap = BpfHashMap<MapData, u64, SocketRecord>;
+
+/// Map update flag (`include/uapi/linux/bpf.h`): only if the key is new.
+const BPF_NOEXIST: u64 = 1;
+
+fn io_error(map: &'static str) -> impl Fn(std::io::Error) -> SourceError {
+    move |source| SourceError::Unavailable {
+        reason: format!("reading BPF map {map}: {source}"),
+    }
+}
+
+/// Start times of the tracked connections, per port, ascending.
+pub fn starts_by_port(map: &SocketMap) -> Result<BTreeMap<u16, Vec<u64>>, SourceError> {
+    let mut starts: BTreeMap<u16, Vec<u64>> = BTreeMap::new();
+    for (_, record) in batch::read_all(map).map_err(io_error("SOCKETS"))? {
+        starts.entry(record.port).or_default().push(record.start_ns);
+    }
+    for list in starts.values_mut() {
+        list.sort_unstable();
+    }
+    Ok(starts)
+}
+
+/// The counted ESTABLISHED connections of `port` in a snapshot, by cookie.
+fn listed(sockets: &[SocketEntry], port: u16, filter: &PeerFilter) -> HashMap<u64, Family> {
+    sockets
+        .iter()
+        .filter(|s| {
+            s.port() == port && s.state == SocketState::Established && !filter.ignores(s.peer.ip())
+        })
+        .filter_map(|s| Some((s.cookie?, s.family)))
+        .collect()
+}
+
+/// Makes the map agree with a snapshot for the `quiet` ports (no transition
+/// during the snapshot, which began at `snapshot_ns`). `now_ns` dates the
+/// connections added. Returns (removed, added).
+pub fn reconcile(
+    map: &mut SocketMap,
+    sockets: &[SocketEntry],
+    quiet: &[u16],
+    filter: &PeerFilter,
+    snapshot_ns: u64,
+    now_ns: u64,
+) -> Result<(usize, usize), SourceError> {
+    if quiet.is_empty() || sockets.iter().any(|s| s.cookie.is_none()) {
+        // A /proc snapshot has no cookies to match entries with.
+        return Ok((0, 0));
+    }
+    let tracked = batch::read_all(map).map_err(io_error("SOCKETS"))?;
+    let mut removed = 0;
+    let mut added = 0;
+    for &port in quiet {
+        let listed = listed(sockets, port, filter);
+        let mut known = HashSet::new();
+        for (cookie, record) in tracked.iter().filter(|(_, r)| r.port == port) {
+            known.insert(*cookie);
+            if record.start_ns < snapshot_ns && !listed.contains_key(cookie) {
+                // Gone already is fine: the kernel removed it meanwhile.
+                if map.remove(cookie).is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+        for (cookie, family) in listed.iter().filter(|(c, _)| !known.contains(*c)) {
+            let record = SocketRecord {
+                start_ns: now_ns,
+                port,
+                family: match family {
+                    Family::V4 => AF_INET,
+                    Family::V6 => AF_INET6,
+                },
+                _reserved: 0,
+            };
+            // NOEXIST: an entry the kernel just made is the better one.
+            if map.insert(cookie, record, BPF_NOEXIST).is_ok() {
+                added += 1;
+            }
+        }
+    }
+    if removed + added > 0 {
+        debug!(removed, added, "per-connection map repaired from snapshot");
+    }
+    Ok((removed, added))
+}
+
+/// Of the TIME_WAIT sockets in a snapshot, per port, those left by
+/// connections the kernel program saw close young (`YOUNG_CLOSED`).
+pub fn young_time_wait(
+    young: &BpfHashMap<MapData, u64, u64>,
+    sockets: &[SocketEntry],
+    filter: &PeerFilter,
+) -> Result<BTreeMap<u16, u64>, SourceError> {
+    let cookies: HashSet<u64> = batch::read_all(young)
+        .map_err(io_error("YOUNG_CLOSED"))?
+        .into_iter()
+        .map(|(cookie, _)| cookie)
+        .collect();
+    let mut out = BTreeMap::new();
+    for s in sockets {
+        if s.state == SocketState::TimeWait
+            && !filter.ignores(s.peer.ip())
+            && s.cookie.is_some_and(|c| cookies.contains(&c))
+        {
+            *out.entry(s.port()).or_default() += 1;
+        }
+    }
+    Ok(out)
+}
