@@ -112,6 +112,25 @@ impl Sidecar {
         self.log.lock().unwrap().join("\n")
     }
 
+    /// Ids of the BPF programs this sidecar holds (from its fds' fdinfo):
+    /// unlike a before/after diff of the host's programs, other processes
+    /// loading programs meanwhile cannot confuse it.
+    pub fn program_ids(&self) -> Vec<u32> {
+        let dir = format!("/proc/{}/fdinfo", self.child.id());
+        let mut ids: Vec<u32> = std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+            .filter_map(|info| {
+                info.lines()
+                    .find_map(|l| l.strip_prefix("prog_id:"))
+                    .and_then(|v| v.trim().parse().ok())
+            })
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
     /// `GET path` inside the sidecar's namespace (loopback is per namespace,
     /// so a sidecar in another namespace is reached through `ip netns exec`).
     pub fn get(&self, path: &str) -> (u16, Value) {
@@ -157,6 +176,146 @@ impl Drop for Sidecar {
             self.terminate();
         }
     }
+}
+
+/// A minimal HTTP/1.1 GET on 127.0.0.1 with extra headers: status code,
+/// Content-Type and raw body.
+pub fn http_get_with(port: u16, path: &str, headers: &[(&str, &str)]) -> (u16, String, String) {
+    let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).expect("connect to sidecar");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{extra}\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read response");
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-type")
+                .then(|| v.trim().to_string())
+        })
+        .unwrap_or_default();
+    (code, content_type, body.to_string())
+}
+
+/// One sample of `/metrics`, as Prometheus's own parser reads it.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub family: String,
+    pub name: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// Parses metrics text with the `prometheus_client` Python package (the
+/// Prometheus project's client; `cargo xtask test` installs it), in the
+/// classic or the OpenMetrics format. Panics on a parse error.
+pub fn parse_metrics(text: &str, openmetrics: bool) -> Vec<Sample> {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/prom_parse.py");
+    let mut child = Command::new("python3")
+        .arg(script)
+        .arg(if openmetrics {
+            "openmetrics"
+        } else {
+            "classic"
+        })
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 (install prometheus-client with `cargo xtask test`)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "Prometheus parser refused the text:\n{}\n--- text ---\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|line| {
+            let v: Value = serde_json::from_str(line).unwrap();
+            Sample {
+                family: v["family"].as_str().unwrap().to_string(),
+                name: v["name"].as_str().unwrap().to_string(),
+                labels: v["labels"]
+                    .as_object()
+                    .unwrap()
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+                    .collect(),
+                value: v["value"].as_f64().unwrap(),
+            }
+        })
+        .collect()
+}
+
+/// The value of sample `name` whose labels include all of `labels`.
+pub fn sample(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    samples
+        .iter()
+        .find(|s| {
+            s.name == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|s| s.value)
+}
+
+/// A TCP connection to `to` from `from` (any local address: all of
+/// 127.0.0.0/8 is loopback), so tests can play a peer of their choosing.
+pub fn connect_from(from: std::net::IpAddr, to: SocketAddr) -> TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let domain = if to.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let socket = Socket::new(domain, Type::STREAM, None).unwrap();
+    socket
+        .bind(&SocketAddr::new(from, 0).into())
+        .unwrap_or_else(|e| panic!("bind {from}: {e}"));
+    socket
+        .connect(&to.into())
+        .unwrap_or_else(|e| panic!("connect {to} from {from}: {e}"));
+    socket.into()
+}
+
+/// As `ss_count`, for one address family (`-4` or `-6`; an IPv4-mapped
+/// socket is IPv6).
+pub fn ss_count_family(state: &str, port: u16, family: &str) -> u64 {
+    let filter = format!("( sport = :{port} )");
+    let flag = if family == "ipv4" { "-4" } else { "-6" };
+    let out = Command::new("ss")
+        .args(["-Htan", flag, "state", state, &filter])
+        .output()
+        .expect("run ss");
+    assert!(out.status.success(), "ss failed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count() as u64
 }
 
 /// A minimal HTTP/1.1 GET on 127.0.0.1: status code and JSON body.
@@ -223,7 +382,7 @@ pub fn free_port() -> u16 {
 
 /// A listener holding its accepted connections (and their clients) open.
 pub struct Server {
-    listener: TcpListener,
+    listener: Option<TcpListener>,
     addr: SocketAddr,
     accepted: Vec<TcpStream>,
     clients: Vec<TcpStream>,
@@ -248,7 +407,7 @@ impl Server {
     fn bind(listen: SocketAddr, connect: SocketAddr) -> Server {
         let listener = TcpListener::bind(listen).unwrap_or_else(|e| panic!("bind {listen}: {e}"));
         Server {
-            listener,
+            listener: Some(listener),
             addr: connect,
             accepted: Vec::new(),
             clients: Vec::new(),
@@ -256,7 +415,12 @@ impl Server {
     }
 
     pub fn listener(&self) -> &TcpListener {
-        &self.listener
+        self.listener.as_ref().expect("still listening")
+    }
+
+    /// Closes the listener and keeps the connections: a service draining.
+    pub fn stop_listening(&mut self) {
+        self.listener = None;
     }
 
     /// Opens `n` connections and accepts them.
@@ -268,7 +432,28 @@ impl Server {
         for _ in 0..n {
             self.clients
                 .push(TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}")));
-            self.accepted.push(self.listener.accept().unwrap().0);
+            self.accepted.push(self.listener().accept().unwrap().0);
+        }
+    }
+
+    /// Opens `n` connections from local address `from` and accepts them.
+    pub fn connect_from(&mut self, from: std::net::IpAddr, n: usize) {
+        for _ in 0..n {
+            self.clients.push(connect_from(from, self.addr));
+            self.accepted.push(self.listener().accept().unwrap().0);
+        }
+    }
+
+    /// Closes every connection, the server side first: each leaves a
+    /// TIME_WAIT socket on the server's port.
+    pub fn close_server_first(&mut self) {
+        for (server, mut client) in self.accepted.drain(..).zip(self.clients.drain(..)) {
+            drop(server);
+            // Wait for the server's FIN, so the client's close comes second.
+            client
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            let _ = client.read(&mut [0u8; 1]);
         }
     }
 

@@ -163,7 +163,9 @@ fn routes_404_405_and_healthz_on_the_real_server() {
             "seconds_since_active",
             "listening",
             "seconds_inactive",
-            "source"
+            "source",
+            "ignored_connections",
+            "ports"
         ],
         "field order"
     );
@@ -184,19 +186,15 @@ fn sigterm_exits_0_and_leaves_no_program_attached() {
         println!("skipping: {reason}");
         return;
     }
-    // Ids, not counts: earlier tests' programs may still be being freed.
-    let before = loaded_program_ids("track_tcp_state");
     let sidecar = Sidecar::start(&[
         "--source",
         "ebpf",
         "--monitor-port",
         &free_port().to_string(),
     ]);
-    let ours: Vec<u32> = loaded_program_ids("track_tcp_state")
-        .difference(&before)
-        .copied()
-        .collect();
-    assert_eq!(ours.len(), 1, "exactly one program loaded by the sidecar");
+    let ours = sidecar.program_ids();
+    assert_eq!(ours.len(), 1, "exactly one program held by the sidecar");
+    assert!(loaded_program_ids("track_tcp_state").contains(&ours[0]));
     let log_before_stop = sidecar.log();
     let status = sidecar.stop();
     assert!(status.success(), "exit {status:?}; log:\n{log_before_stop}");

@@ -11,8 +11,13 @@ use crate::build::{self, run_checked};
 const TEST_TOOLS: &[(&str, &[&str], &str)] =
     &[("ss", &["-V"], "iproute2"), ("ip", &["-V"], "iproute2")];
 
+/// The Prometheus project's Python client, whose parsers the metrics tests
+/// use as the judge of `/metrics` (pinned: a parser is part of the test).
+const PROMETHEUS_CLIENT: &str = "prometheus-client==0.21.1";
+
 pub fn run(extra: &[String]) -> anyhow::Result<()> {
     ensure_test_tools()?;
+    ensure_prometheus_parser()?;
     let bin = build::release()?;
 
     println!("[test] unit and HTTP tests");
@@ -85,4 +90,29 @@ fn ensure_test_tools() -> anyhow::Result<()> {
         bail!("ss still missing after installing iproute2");
     }
     Ok(())
+}
+
+fn ensure_prometheus_parser() -> anyhow::Result<()> {
+    let present = Command::new("python3")
+        .args(["-c", "import prometheus_client.openmetrics.parser"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if present {
+        println!("[test] Python prometheus_client present");
+        return Ok(());
+    }
+    println!("[test] installing {PROMETHEUS_CLIENT} (the metrics tests' parser)");
+    run_checked(
+        Command::new("python3").args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--root-user-action=ignore",
+            PROMETHEUS_CLIENT,
+        ]),
+        "pip install prometheus-client",
+    )
+    .context("the metrics tests need python3 with pip and PyPI")
 }

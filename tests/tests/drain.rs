@@ -1,0 +1,151 @@
+//! Drain for preStop: `/wait-for-idle` and `wait-idle` return when the last
+//! connection has been gone for the quiet period, and give up at the timeout.
+#![allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
+
+use std::{
+    net::{Ipv4Addr, TcpStream},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use integration_tests::{Server, Sidecar, binary, ebpf_supported, free_port, http_get};
+
+fn drain_returns_when_the_last_connection_closes(source: &str) {
+    let port = free_port();
+    let mut server = Server::v4(port);
+    server.connect(2);
+    let sidecar = Sidecar::start(&["--source", source, "--monitor-port", &port.to_string()]);
+    let serve = sidecar.port;
+    let asked = Instant::now();
+    let drain = std::thread::spawn(move || {
+        let answer = http_get(serve, "/wait-for-idle?quiet=1s&timeout=20s");
+        (answer, asked.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let closed = asked.elapsed();
+    server.close_all();
+    let ((code, state), took) = drain.join().unwrap();
+    assert_eq!(code, 200, "{state}");
+    assert_eq!(state["active_connections"], 0, "{state}");
+    assert_eq!(state["waiting_connections"], 0, "{state}");
+    // Quiet for 1 s after the close, and not much more (pollers look twice a second).
+    assert!(
+        took >= closed + Duration::from_secs(1) && took < closed + Duration::from_millis(2200),
+        "closed at {closed:?}, drain answered at {took:?}"
+    );
+}
+
+#[test]
+fn wait_for_idle_returns_once_the_last_connection_has_been_gone_for_quiet_ebpf() {
+    if let Err(reason) = ebpf_supported() {
+        println!("skipping: {reason}");
+        return;
+    }
+    drain_returns_when_the_last_connection_closes("ebpf");
+}
+
+#[test]
+fn wait_for_idle_returns_once_the_last_connection_has_been_gone_for_quiet_proc() {
+    drain_returns_when_the_last_connection_closes("proc");
+}
+
+#[test]
+fn wait_for_idle_answers_503_with_the_state_at_the_timeout_and_400_on_bad_input() {
+    let port = free_port();
+    let mut server = Server::v4(port);
+    server.connect(1);
+    let sidecar = Sidecar::start(&["--source", "sock-diag", "--monitor-port", &port.to_string()]);
+    let t = Instant::now();
+    let (code, state) = sidecar.get("/wait-for-idle?quiet=1s&timeout=1s");
+    assert_eq!(code, 503, "{state}");
+    assert_eq!(state["active_connections"], 1, "{state}");
+    assert!(t.elapsed() >= Duration::from_secs(1) && t.elapsed() < Duration::from_secs(3));
+    for bad in [
+        "/wait-for-idle?quiet=forever",
+        "/wait-for-idle?timeout=2h",
+        "/wait-for-idle?quite=1s",
+    ] {
+        let (code, body) = sidecar.get(bad);
+        assert_eq!(code, 400, "{bad}: {body}");
+        assert!(body["error"].is_string(), "{body}");
+    }
+    // Already quiet for longer than asked: answers at once.
+    server.close_all();
+    std::thread::sleep(Duration::from_millis(1200));
+    let t = Instant::now();
+    let (code, _) = sidecar.get("/wait-for-idle?quiet=1s&timeout=10s");
+    assert_eq!(code, 200);
+    assert!(
+        t.elapsed() < Duration::from_millis(1200),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
+fn wait_idle(args: &[&str]) -> (i32, String, Duration) {
+    let t = Instant::now();
+    let out = Command::new(binary())
+        .arg("wait-idle")
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        t.elapsed(),
+    )
+}
+
+#[test]
+fn wait_idle_subcommand_exits_0_when_quiet_and_1_at_the_timeout() {
+    if let Err(reason) = ebpf_supported() {
+        println!("skipping: {reason}");
+        return;
+    }
+    let port = free_port();
+    let port_text = port.to_string();
+    let server = Server::v4(port);
+    let client = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
+    let accepted = server.listener().accept().unwrap().0;
+    let (code, stderr, _) = wait_idle(&[
+        "--monitor-port",
+        &port_text,
+        "--quiet-for",
+        "1s",
+        "--timeout",
+        "1500ms",
+    ]);
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(
+        stderr.starts_with("timeout after 1s 500ms") && stderr.contains("1 active"),
+        "{stderr}"
+    );
+
+    let closer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(1000));
+        drop(client);
+        drop(accepted);
+    });
+    let (code, stderr, took) = wait_idle(&[
+        "--monitor-port",
+        &port_text,
+        "--quiet-for",
+        "1s",
+        "--timeout",
+        "10s",
+    ]);
+    closer.join().unwrap();
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        stderr,
+        format!("idle: no connection on port {port} for 1s\n"),
+        "one line"
+    );
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(4),
+        "closed at 1 s, quiet for 1 s: {took:?}"
+    );
+    let (code, stderr, _) = wait_idle(&["--quiet-for", "eventually"]);
+    assert_eq!(code, 2, "{stderr}");
+}

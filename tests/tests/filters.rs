@@ -1,0 +1,205 @@
+//! Activity filters: `--ignore-peer` leaves a network out of every count and
+//! of activity; `--activity-min-age` keeps counting young connections but
+//! does not call them (or their TIME_WAIT) activity.
+#![allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
+
+use std::{
+    io::Read,
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    time::Duration,
+};
+
+use integration_tests::{
+    Server, Sidecar, connect_from, ebpf_supported, eventually, field, free_port, ss_count,
+};
+
+const PROBER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+
+fn ignore_peer(source: &str) {
+    let (v4, dual) = (free_port(), free_port());
+    let ports = format!("{v4},{dual}");
+    let sidecar = Sidecar::start(&[
+        "--source",
+        source,
+        "--monitor-port",
+        &ports,
+        "--ignore-peer",
+        "127.0.0.2/32",
+        "--refresh-rate-seconds",
+        "1",
+    ]);
+    let v4_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, v4));
+    let listener = TcpListener::bind(v4_addr).unwrap();
+    // A probe from 127.0.0.2, the same to a dual-stack listener (its peer
+    // is ::ffff:127.0.0.2), and one real client.
+    let mut probe = connect_from(PROBER, v4_addr);
+    let probe_accepted = listener.accept().unwrap().0;
+    let mapped = Server::dual_stack(dual);
+    let probe_mapped = connect_from(PROBER, SocketAddr::from((Ipv4Addr::LOCALHOST, dual)));
+    let probe_mapped_accepted = mapped.listener().accept().unwrap().0;
+    let real = TcpStream::connect(v4_addr).unwrap();
+    let real_accepted = listener.accept().unwrap().0;
+    eventually(Duration::from_secs(5), || {
+        let status = sidecar.status();
+        let truth = ss_count(None, "established", v4) + ss_count(None, "established", dual);
+        (truth == 3 && status["active_connections"] == 1 && status["ignored_connections"] == 2)
+            .then_some(())
+            .ok_or(format!("ss {truth}: {status}"))
+    });
+    // Only the real client was activity: once it is gone (client first, no
+    // TIME_WAIT here), the probes still open do not keep the port active.
+    // (Pollers date the close at their next read: up to a 1 s tick late.)
+    drop(real);
+    drop(real_accepted);
+    std::thread::sleep(Duration::from_millis(3200));
+    let status = sidecar.status();
+    assert_eq!(status["active_connections"], 0, "{status}");
+    assert_eq!(status["ignored_connections"], 2, "{status}");
+    assert!(
+        status["seconds_since_active"].as_u64().unwrap() >= 2,
+        "ignored peers are not activity: {status}"
+    );
+    // A probe's TIME_WAIT (server closed first) is ignored too.
+    drop(probe_accepted);
+    let _ = probe.read(&mut [0u8; 1]);
+    drop(probe);
+    eventually(Duration::from_secs(3), || {
+        let status = sidecar.status();
+        let tw = ss_count(None, "time-wait", v4);
+        (tw == 1 && status["waiting_connections"] == 0 && status["ignored_connections"] == 2)
+            .then_some(())
+            .ok_or(format!("ss time-wait {tw}: {status}"))
+    });
+    assert!(field(&sidecar, "seconds_since_active") >= 2);
+    drop((probe_mapped, probe_mapped_accepted));
+}
+
+#[test]
+fn ignored_peers_are_counted_apart_and_are_not_activity_ebpf() {
+    if let Err(reason) = ebpf_supported() {
+        println!("skipping: {reason}");
+        return;
+    }
+    ignore_peer("ebpf");
+}
+
+#[test]
+fn ignored_peers_are_counted_apart_and_are_not_activity_sock_diag() {
+    ignore_peer("sock-diag");
+}
+
+#[test]
+fn ignored_peers_are_counted_apart_and_are_not_activity_proc() {
+    ignore_peer("proc");
+}
+
+/// A kubelet `httpGet`-style probe: connect, the server answers and closes
+/// first, leaving TIME_WAIT on the monitored port.
+fn probe_closed_by_server(server: &Server, port: u16) {
+    let mut client = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
+    let accepted = server.listener().accept().unwrap().0;
+    drop(accepted);
+    let _ = client.read(&mut [0u8; 1]);
+}
+
+/// A client-first 10 ms connection (a TCP probe).
+fn probe_closed_by_client(server: &Server, port: u16) {
+    let client = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
+    let accepted = server.listener().accept().unwrap().0;
+    std::thread::sleep(Duration::from_millis(10));
+    drop(client);
+    drop(accepted);
+}
+
+#[test]
+fn young_connections_and_their_time_wait_are_not_activity_ebpf() {
+    if let Err(reason) = ebpf_supported() {
+        println!("skipping: {reason}");
+        return;
+    }
+    let port = free_port();
+    let server = Server::v4(port);
+    let sidecar = Sidecar::start(&[
+        "--source",
+        "ebpf",
+        "--monitor-port",
+        &port.to_string(),
+        "--activity-min-age",
+        "1s",
+        "--refresh-rate-seconds",
+        "1",
+    ]);
+    for _ in 0..5 {
+        probe_closed_by_client(&server, port);
+        probe_closed_by_server(&server, port);
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    // Counted, but not activity: idle since start, 2+ s ago.
+    eventually(Duration::from_secs(3), || {
+        let status = sidecar.status();
+        let tw = ss_count(None, "time-wait", port);
+        (tw == 5 && status["waiting_connections"] == 5)
+            .then_some(())
+            .ok_or(format!("ss time-wait {tw}: {status}"))
+    });
+    let idle = field(&sidecar, "seconds_since_active");
+    assert!(idle >= 2, "probes are not activity: {idle}");
+
+    // A connection that lives 1.5 s is activity once 1 s old, and its
+    // TIME_WAIT (server closes first) keeps it so.
+    let mut client = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
+    let accepted = server.listener().accept().unwrap().0;
+    std::thread::sleep(Duration::from_millis(400));
+    assert!(
+        field(&sidecar, "seconds_since_active") >= 2,
+        "not yet 1 s old"
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(field(&sidecar, "seconds_since_active"), 0, "now 1.5 s old");
+    drop(accepted);
+    let _ = client.read(&mut [0u8; 1]);
+    drop(client);
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        field(&sidecar, "seconds_since_active"),
+        0,
+        "its TIME_WAIT is activity"
+    );
+}
+
+#[test]
+fn young_connections_are_not_activity_proc() {
+    let port = free_port();
+    let server = Server::v4(port);
+    let sidecar = Sidecar::start(&[
+        "--source",
+        "proc",
+        "--monitor-port",
+        &port.to_string(),
+        "--activity-min-age",
+        "1s",
+        "--refresh-rate-seconds",
+        "1",
+    ]);
+    // A probe the poller sees (it asks while it is open) but never as old.
+    let client = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
+    let accepted = server.listener().accept().unwrap().0;
+    assert_eq!(field(&sidecar, "active_connections"), 1);
+    drop(accepted);
+    let mut client = client;
+    let _ = client.read(&mut [0u8; 1]);
+    drop(client);
+    std::thread::sleep(Duration::from_millis(2200));
+    let status = sidecar.status();
+    assert_eq!(status["waiting_connections"], 1, "{status}");
+    assert!(
+        status["seconds_since_active"].as_u64().unwrap() >= 2,
+        "a young connection's TIME_WAIT is not activity: {status}"
+    );
+    // One the poller sees for more than 1 s is.
+    let _held = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
+    let _accepted = server.listener().accept().unwrap().0;
+    assert!(field(&sidecar, "seconds_since_active") >= 2, "first sight");
+    std::thread::sleep(Duration::from_millis(1300));
+    assert_eq!(field(&sidecar, "seconds_since_active"), 0, "seen for 1.3 s");
+}
