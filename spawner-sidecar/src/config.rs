@@ -2,17 +2,12 @@
 //! also be set as `SPAWNER_SIDECAR_<FLAG>`; a flag wins over its variable.
 use std::{net::IpAddr, path::PathBuf, time::Duration};
 
-use clap::Parser;
+use clap::Args;
 
 use crate::source::{SourceChoice, SourceOptions};
 
-#[derive(Debug, Clone, Parser)]
-#[command(
-    name = "spawner-sidecar",
-    version,
-    about = "Tracks TCP connections on a port and answers over HTTP whether the pod can be stopped",
-    long_about = None
-)]
+/// The daemon's flags; parsed as part of [`crate::cli::Cli`].
+#[derive(Debug, Clone, Args)]
 pub struct Config {
     /// TCP port to watch
     #[arg(long, env = "SPAWNER_SIDECAR_MONITOR_PORT", default_value_t = 8080,
@@ -57,10 +52,13 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::error::ErrorKind;
+    use clap::{Parser as _, error::ErrorKind};
 
     fn parse(args: &[&str]) -> Result<Config, clap::Error> {
-        Config::try_parse_from(std::iter::once("spawner-sidecar").chain(args.iter().copied()))
+        crate::cli::Cli::try_parse_from(
+            std::iter::once("spawner-sidecar").chain(args.iter().copied()),
+        )
+        .map(|cli| cli.daemon)
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! spawner-sidecar: wiring and graceful shutdown only.
 mod activity;
+mod cli;
 mod config;
+mod duration;
+mod heartbeat;
 mod http;
 mod kernel_btf;
 mod source;
@@ -18,7 +21,7 @@ use crate::{
 };
 
 fn main() -> ExitCode {
-    let config = Config::parse();
+    let cli = cli::Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -27,6 +30,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    let config = match cli.command {
+        Some(cli::Command::Heartbeat(args)) => return heartbeat::main(args),
+        None => cli.daemon,
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
