@@ -8,7 +8,7 @@ use std::{
     process::{Child, Command, ExitStatus, Stdio},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU16, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -19,7 +19,12 @@ use crate::binary;
 pub struct Heartbeat {
     child: Child,
     pub started: Instant,
-    log: Arc<Mutex<Vec<String>>>,
+    /// When the process was seen to have exited.
+    pub exited: Option<Instant>,
+    /// Each stderr line and when it arrived.
+    log: Arc<Mutex<Vec<(Instant, String)>>>,
+    /// Set once stderr reached its end: the log is complete.
+    log_complete: Arc<AtomicBool>,
     serving: std::sync::mpsc::Receiver<Option<u16>>,
 }
 
@@ -44,6 +49,8 @@ impl Heartbeat {
         let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, serving) = std::sync::mpsc::channel();
         let sink = log.clone();
+        let log_complete = Arc::new(AtomicBool::new(false));
+        let complete = log_complete.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if line.contains(" serving ") {
@@ -54,13 +61,16 @@ impl Heartbeat {
                         .map(|a| a.port());
                     let _ = tx.send(port);
                 }
-                sink.lock().unwrap().push(line);
+                sink.lock().unwrap().push((Instant::now(), line));
             }
+            complete.store(true, Ordering::SeqCst);
         });
         Heartbeat {
             child,
             started,
+            exited: None,
             log,
+            log_complete,
             serving,
         }
     }
@@ -91,7 +101,22 @@ impl Heartbeat {
     }
 
     pub fn log(&self) -> String {
-        self.log.lock().unwrap().join("\n")
+        let log = self.log.lock().unwrap();
+        let lines: Vec<&str> = log.iter().map(|(_, l)| l.as_str()).collect();
+        lines.join("\n")
+    }
+
+    /// Time from the arrival of the first line containing `needle` to the
+    /// exit: unlike the time since spawn, free of start-up delays (a cold
+    /// binary on a loaded machine can take a second to start).
+    pub fn exit_after_line(&self, needle: &str) -> Duration {
+        let exited = self.exited.expect("wait_exit first");
+        let log = self.log.lock().unwrap();
+        let (at, _) = log
+            .iter()
+            .find(|(_, l)| l.contains(needle))
+            .unwrap_or_else(|| panic!("no line with {needle:?}"));
+        exited.saturating_duration_since(*at)
     }
 
     /// Lines of the log containing `needle`.
@@ -100,7 +125,7 @@ impl Heartbeat {
             .lock()
             .unwrap()
             .iter()
-            .filter(|l| l.contains(needle))
+            .filter(|(_, l)| l.contains(needle))
             .count()
     }
 
@@ -110,8 +135,11 @@ impl Heartbeat {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                // Let the reader thread take the last lines.
-                std::thread::sleep(Duration::from_millis(50));
+                self.exited = Some(Instant::now());
+                let read_by = Instant::now() + Duration::from_secs(2);
+                while !self.log_complete.load(Ordering::SeqCst) && Instant::now() < read_by {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
                 return status;
             }
             if Instant::now() > deadline {
@@ -302,6 +330,9 @@ pub struct TlsServer {
     pub port: u16,
     pub ca_file: PathBuf,
     connections: Arc<AtomicUsize>,
+    /// Requests served, and how many of them came over a resumed session.
+    served: Arc<AtomicUsize>,
+    resumed: Arc<AtomicUsize>,
 }
 
 impl TlsServer {
@@ -352,12 +383,16 @@ impl TlsServer {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
         let port = listener.local_addr().unwrap().port();
         let connections = Arc::new(AtomicUsize::new(0));
-        let counter = connections.clone();
+        let served = Arc::new(AtomicUsize::new(0));
+        let resumed = Arc::new(AtomicUsize::new(0));
+        let (counter, served_counter, resumed_counter) =
+            (connections.clone(), served.clone(), resumed.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { break };
                 counter.fetch_add(1, Ordering::SeqCst);
                 let config = config.clone();
+                let (served, resumed) = (served_counter.clone(), resumed_counter.clone());
                 std::thread::spawn(move || {
                     stream
                         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -370,6 +405,10 @@ impl TlsServer {
                     if read_head(&mut tls).is_none() {
                         return;
                     }
+                    if tls.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                        resumed.fetch_add(1, Ordering::SeqCst);
+                    }
+                    served.fetch_add(1, Ordering::SeqCst);
                     let _ = tls.write_all(
                         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
                     );
@@ -382,11 +421,21 @@ impl TlsServer {
             port,
             ca_file,
             connections,
+            served,
+            resumed,
         }
     }
 
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
+    }
+
+    /// (requests served, of which over a resumed TLS session).
+    pub fn served(&self) -> (usize, usize) {
+        (
+            self.served.load(Ordering::SeqCst),
+            self.resumed.load(Ordering::SeqCst),
+        )
     }
 
     pub fn ca_file(&self) -> &str {
