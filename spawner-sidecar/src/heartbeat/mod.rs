@@ -178,9 +178,10 @@ async fn run(
     let board = Board::new(&args.connect, args.retries);
     // Bind before checking: a busy port should fail fast.
     let listener = if args.server {
-        let listener = tokio::net::TcpListener::bind((args.address, args.port))
+        let address = std::net::SocketAddr::from((args.address, args.port));
+        let listener = tokio::net::TcpListener::bind(address)
             .await
-            .with_context(|| format!("cannot listen on {}:{}", args.address, args.port))?;
+            .with_context(|| format!("cannot listen on {address}"))?;
         Some(listener)
     } else {
         None
