@@ -22,4 +22,6 @@ pub struct Cli {
 pub enum Command {
     /// Wait until the ports have had no connection for a while (for preStop hooks)
     WaitIdle(crate::drain::WaitIdleArgs),
+    /// Check that the things this pod depends on answer (TCP, HTTP, HTTPS)
+    Heartbeat(crate::heartbeat::Args),
 }

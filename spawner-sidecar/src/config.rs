@@ -21,6 +21,7 @@ use crate::{
     source::{SourceChoice, SourceOptions, peers::PeerFilter, peers::PeerNet},
 };
 
+/// The daemon's flags; parsed as part of [`crate::cli::Cli`].
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
     /// TCP port to watch; repeat the flag or separate ports with commas
@@ -255,6 +256,14 @@ fn with_file_defaults(
                 format!("key `{key}`: expected a string, number, boolean or a list of them"),
             )
         })?;
+        // "8080,9090" in the file means what it means on the command line.
+        let values: Vec<String> = match arg.get_value_delimiter() {
+            Some(d) => values
+                .iter()
+                .flat_map(|v| v.split(d).map(str::to_string))
+                .collect(),
+            None => values,
+        };
         if values.len() != 1 && arg.get_value_delimiter().is_none() {
             return Err(file_error(
                 file,
@@ -268,4 +277,119 @@ fn with_file_defaults(
         keys.push(key.clone());
     }
     Ok((command, keys))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::error::ErrorKind;
+
+    fn daemon(args: &[&str]) -> Result<Config, clap::Error> {
+        let argv = std::iter::once("spawner-sidecar")
+            .chain(args.iter().copied())
+            .map(OsString::from)
+            .collect();
+        parse(argv).map(|cli| cli.daemon)
+    }
+
+    #[test]
+    fn defaults_match_the_original() {
+        let c = daemon(&[]).expect("defaults");
+        assert_eq!(
+            (c.monitor_port, c.refresh_rate_seconds, c.serve_port),
+            (vec![8080], 10, 7070)
+        );
+        assert_eq!(c.serve_address.to_string(), "0.0.0.0");
+        assert_eq!(c.source, SourceChoice::Auto);
+        assert_eq!(c.min_connection_age, Duration::from_secs(6));
+        assert_eq!(c.activity_min_age, Duration::ZERO);
+        assert_eq!(c.hook_timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn rejects_bad_values_with_clap_errors() {
+        for args in [
+            &["--monitor-port", "0"][..],
+            &["--monitor-port", "65536"],
+            &["--monitor-port", "http"],
+            &["--monitor-port", "8080,"],
+            &["--refresh-rate-seconds", "0"],
+            &["--serve-address", "nowhere"],
+            &["--source", "magic"],
+            &["--min-connection-age", "soon"],
+            &["--ignore-peer", "10.0.0.0/33"],
+            &["--max-tracked-connections", "0"],
+        ] {
+            let err = daemon(args).expect_err("must fail");
+            assert_eq!(err.exit_code(), 2, "{args:?}");
+            assert!(
+                matches!(
+                    err.kind(),
+                    ErrorKind::ValueValidation | ErrorKind::InvalidValue
+                ),
+                "{args:?}"
+            );
+        }
+        let err = daemon(&["--on-idle", "true"]).expect_err("needs --idle-after");
+        assert_eq!(err.kind(), ErrorKind::MissingRequiredArgument);
+    }
+
+    #[test]
+    fn accepts_every_source_name() {
+        for (name, want) in [
+            ("auto", SourceChoice::Auto),
+            ("ebpf", SourceChoice::Ebpf),
+            ("sock-diag", SourceChoice::SockDiag),
+            ("proc", SourceChoice::Proc),
+        ] {
+            assert_eq!(daemon(&["--source", name]).expect(name).source, want);
+        }
+    }
+
+    #[test]
+    fn ports_repeat_or_come_comma_separated() {
+        let repeated = daemon(&["--monitor-port", "80", "--monitor-port", "443"]).expect("ok");
+        let commas = daemon(&["--monitor-port", "80,443"]).expect("ok");
+        assert_eq!(repeated.monitor_port, [80, 443]);
+        assert_eq!(commas.monitor_port, [80, 443]);
+    }
+
+    #[test]
+    fn all_ports_alone_drops_the_default_port_but_keeps_a_given_one() {
+        assert!(
+            daemon(&["--all-ports"])
+                .expect("ok")
+                .monitor_port
+                .is_empty()
+        );
+        let both = daemon(&["--all-ports", "--monitor-port", "8080"]).expect("ok");
+        assert_eq!(both.monitor_port, [8080]);
+    }
+
+    #[test]
+    fn a_file_sets_defaults_that_flags_override() {
+        let dir = std::env::temp_dir().join(format!("spawner-config-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("c.toml");
+        std::fs::write(
+            &file,
+            "monitor_port = \"81,82\"\nall_ports = true\nidle_after = 90\non_idle = \"true\"\n",
+        )
+        .expect("write");
+        let path = file.to_str().expect("utf-8");
+        let c = daemon(&["--config", path]).expect("ok");
+        assert_eq!(c.monitor_port, [81, 82], "a port from the file is given");
+        assert!(c.all_ports);
+        assert_eq!(c.idle_after, Some(Duration::from_secs(90)));
+        let c = daemon(&["--config", path, "--monitor-port", "83"]).expect("ok");
+        assert_eq!(c.monitor_port, [83]);
+        std::fs::write(&file, "idle_afterr = 1\n").expect("write");
+        let err = daemon(&["--config", path]).expect_err("unknown key");
+        assert_eq!(err.exit_code(), 2);
+        assert!(
+            err.to_string().contains("unknown key `idle_afterr`"),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -4,6 +4,7 @@ mod cli;
 mod config;
 mod drain;
 mod duration;
+mod heartbeat;
 mod hooks;
 mod http;
 mod kernel_btf;
@@ -33,7 +34,7 @@ fn main() -> ExitCode {
     // a preStop hook's output unless asked for.
     let default_level = match cli.command {
         Some(Command::WaitIdle(_)) => "warn",
-        None => "info",
+        Some(Command::Heartbeat(_)) | None => "info",
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -43,10 +44,11 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    match cli.command {
+    let config = match cli.command {
         Some(Command::WaitIdle(args)) => return drain::wait_idle(args),
-        None => {}
-    }
+        Some(Command::Heartbeat(args)) => return heartbeat::main(args),
+        None => cli.daemon,
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -59,7 +61,7 @@ fn main() -> ExitCode {
         let _context = runtime.enter();
         shutdown_signal()
     };
-    match runtime.block_on(run(cli.daemon, shutdown)) {
+    match runtime.block_on(run(config, shutdown)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -16,6 +16,8 @@ use std::{
 
 use serde_json::Value;
 
+pub mod heartbeat;
+
 /// The binary under test: `cargo xtask test` sets SPAWNER_SIDECAR_BIN to the
 /// release build with the kernel program embedded.
 pub fn binary() -> PathBuf {
