@@ -145,7 +145,16 @@ const NOT_IN_FILE: &[&str] = &["config", "help", "version"];
 /// Parses `args` (program name first) with the file named by `--config` (or
 /// its variable) as the layer below the environment.
 pub fn parse(args: Vec<OsString>) -> Result<Cli, clap::Error> {
-    let command = Cli::command();
+    let mut command = Cli::command();
+    // A subcommand comes first (daemon flags conflict with it) and has its
+    // own flags: the daemon's variables, set in the same container, must not
+    // be read for it, nor fail it when they do not parse.
+    if args
+        .get(1)
+        .is_some_and(|a| command.find_subcommand(a).is_some())
+    {
+        command = command.mut_args(|a| a.env(None::<&str>));
+    }
     let matches = command.clone().try_get_matches_from(&args)?;
     let (file, matches, file_keys) =
         match (matches.subcommand(), matches.get_one::<PathBuf>("config")) {

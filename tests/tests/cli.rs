@@ -207,3 +207,42 @@ fn sigterm_exits_0_and_leaves_no_program_attached() {
         }
     });
 }
+
+#[test]
+fn subcommands_do_not_read_the_daemons_variables() {
+    // The daemon's variables are set in the container; a bad one must not
+    // break `wait-idle` or `heartbeat` run there.
+    let bad = [("SPAWNER_SIDECAR_REFRESH_RATE_SECONDS", "often")];
+    let port = free_port().to_string();
+    let (code, _, err) = run(
+        &[
+            "wait-idle",
+            "--monitor-port",
+            &port,
+            "--quiet-for",
+            "0s",
+            "--source",
+            "proc",
+        ],
+        &bad,
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(
+        &[
+            "heartbeat",
+            "-c",
+            "tcp://127.0.0.1:1",
+            "-r",
+            "0",
+            "-i",
+            "100ms",
+        ],
+        &bad,
+    );
+    assert_eq!(
+        code, 1,
+        "a closed port fails the check, not the variable: {err}"
+    );
+    let (code, _, err) = run(&[], &bad);
+    assert_eq!(code, 2, "the daemon still refuses it: {err}");
+}
