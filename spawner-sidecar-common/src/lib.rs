@@ -21,7 +21,8 @@ pub const DEFAULT_MAX_SOCKETS: u32 = 65_536;
 pub const YOUNG_CLOSED_ENTRIES: u32 = 16_384;
 /// Capacity of `IGNORED_PEERS`.
 pub const MAX_IGNORED_PEERS: u32 = 256;
-/// Bytes of the `LISTENERS` ring buffer (one page: 512 notifications).
+/// Bytes of the `LISTENERS` ring buffer: one page, 256 notifications (an
+/// 8-byte record header plus the port, padded to 8 bytes).
 pub const LISTENER_RING_BYTES: u32 = 4096;
 
 /// `AF_INET` and `AF_INET6` as the kernel stores them in `skc_family`.

@@ -9,7 +9,10 @@
 //! counts as activity at the moment it closed.
 use std::{collections::BTreeMap, sync::Mutex, time::Duration};
 
-use crate::source::{Detail, PortReading, Reading};
+use crate::{
+    lock::lock,
+    source::{Detail, PortReading, Reading},
+};
 
 /// CLOCK_BOOTTIME in nanoseconds: the clock `bpf_ktime_get_boot_ns()` uses,
 /// so kernel and daemon timestamps compare directly.
@@ -77,15 +80,12 @@ impl Activity {
     /// CLOCK_BOOTTIME of the latest activity on any port (or of start),
     /// as of the last `observe`.
     pub fn last_active_ns(&self) -> u64 {
-        self.state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .last_any_ns
+        lock(&self.state).last_any_ns
     }
 
     /// Records `reading`, taken at `now_ns`, and returns the idle seconds.
     pub fn observe(&self, reading: &Reading, now_ns: u64) -> Idle {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = lock(&self.state);
         let mut ports = BTreeMap::new();
         for (&port, r) in reading {
             let mut last = self.started_ns;

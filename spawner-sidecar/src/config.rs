@@ -13,7 +13,7 @@ use std::{
 };
 
 use clap::{CommandFactory as _, FromArgMatches as _, error::ErrorKind};
-use spawner_sidecar_common::DEFAULT_MAX_SOCKETS;
+use spawner_sidecar_common::{DEFAULT_MAX_SOCKETS, MAX_IGNORED_PEERS};
 
 use crate::{
     cli::Cli,
@@ -21,13 +21,67 @@ use crate::{
     source::{SourceChoice, SourceOptions, peers::PeerFilter, peers::PeerNet},
 };
 
-/// The daemon's flags; parsed as part of [`crate::cli::Cli`].
+/// What to watch and how to read it: the daemon's flags that `wait-idle`
+/// shares.
 #[derive(Debug, Clone, clap::Args)]
-pub struct Config {
+pub struct WatchArgs {
     /// TCP port to watch; repeat the flag or separate ports with commas
     #[arg(long, value_name = "PORT", env = "SPAWNER_SIDECAR_MONITOR_PORT", default_value = "8080",
           value_delimiter = ',', value_parser = clap::value_parser!(u16).range(1..))]
     pub monitor_port: Vec<u16>,
+
+    /// Where connection counts come from; auto picks the best that works here
+    #[arg(long, value_name = "SOURCE", env = "SPAWNER_SIDECAR_SOURCE", value_enum, default_value_t = SourceChoice::Auto)]
+    pub source: SourceChoice,
+
+    /// Kernel BTF to take struct offsets from, for kernels that keep it elsewhere
+    #[arg(long, value_name = "PATH", env = "SPAWNER_SIDECAR_KERNEL_BTF", default_value = crate::kernel_btf::VMLINUX_BTF)]
+    pub kernel_btf: PathBuf,
+
+    /// Leave connections from this CIDR out of every count and of activity; repeatable
+    #[arg(
+        long,
+        value_name = "CIDR",
+        env = "SPAWNER_SIDECAR_IGNORE_PEER",
+        value_delimiter = ','
+    )]
+    pub ignore_peer: Vec<PeerNet>,
+}
+
+impl WatchArgs {
+    /// What a source needs; the daemon adds what only it uses.
+    pub fn source_options(&self) -> SourceOptions {
+        SourceOptions {
+            ports: self.monitor_port.clone(),
+            all_ports: false,
+            kernel_btf: self.kernel_btf.clone(),
+            peers: PeerFilter::new(self.ignore_peer.clone()),
+            activity_min_age: Duration::ZERO,
+            max_tracked_connections: DEFAULT_MAX_SOCKETS,
+            excluded_ports: Vec::new(),
+        }
+    }
+
+    /// Rules between values that clap's own checks miss.
+    pub fn check(&self) -> Result<(), clap::Error> {
+        if self.ignore_peer.len() > MAX_IGNORED_PEERS as usize {
+            return Err(clap::Error::raw(
+                ErrorKind::TooManyValues,
+                format!(
+                    "--ignore-peer: {} networks, at most {MAX_IGNORED_PEERS}\n",
+                    self.ignore_peer.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The daemon's flags; parsed as part of [`crate::cli::Cli`].
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    #[command(flatten)]
+    pub watch: WatchArgs,
 
     /// Also follow every port that has a LISTEN socket in this network namespace
     #[arg(long, env = "SPAWNER_SIDECAR_ALL_PORTS")]
@@ -56,14 +110,6 @@ pub struct Config {
     )]
     pub serve_address: IpAddr,
 
-    /// Where connection counts come from; auto picks the best that works here
-    #[arg(long, value_name = "SOURCE", env = "SPAWNER_SIDECAR_SOURCE", value_enum, default_value_t = SourceChoice::Auto)]
-    pub source: SourceChoice,
-
-    /// Kernel BTF to take struct offsets from, for kernels that keep it elsewhere
-    #[arg(long, value_name = "PATH", env = "SPAWNER_SIDECAR_KERNEL_BTF", default_value = crate::kernel_btf::VMLINUX_BTF)]
-    pub kernel_btf: PathBuf,
-
     /// Connections established at least this long count as long-lived in /metrics
     #[arg(long, value_name = "DURATION", env = "SPAWNER_SIDECAR_MIN_CONNECTION_AGE", default_value = "6s",
           value_parser = parse_duration)]
@@ -74,19 +120,10 @@ pub struct Config {
           value_parser = parse_duration)]
     pub activity_min_age: Duration,
 
-    /// Leave connections from this CIDR out of every count and of activity; repeatable
-    #[arg(
-        long,
-        value_name = "CIDR",
-        env = "SPAWNER_SIDECAR_IGNORE_PEER",
-        value_delimiter = ','
-    )]
-    pub ignore_peer: Vec<PeerNet>,
-
     /// Capacity of the eBPF source's per-connection map (connection ages)
     #[arg(long, value_name = "N", env = "SPAWNER_SIDECAR_MAX_TRACKED_CONNECTIONS",
           default_value_t = DEFAULT_MAX_SOCKETS,
-          value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
+          value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
     pub max_tracked_connections: u32,
 
     /// Run --on-idle once the ports have been idle this long
@@ -122,19 +159,29 @@ pub struct Config {
 }
 
 impl Config {
+    /// Rules between flags that clap's own checks miss for values that come
+    /// from the config file (it sees those as defaults).
+    fn check(&self) -> Result<(), clap::Error> {
+        let fail = |kind, message: String| Err(clap::Error::raw(kind, format!("{message}\n")));
+        if self.idle_after.is_none() && (self.on_idle.is_some() || self.on_active.is_some()) {
+            return fail(
+                ErrorKind::MissingRequiredArgument,
+                "--on-idle and --on-active need --idle-after (config key idle_after)".into(),
+            );
+        }
+        self.watch.check()
+    }
+
     pub fn refresh(&self) -> Duration {
         Duration::from_secs(self.refresh_rate_seconds)
     }
 
     pub fn source_options(&self) -> SourceOptions {
         SourceOptions {
-            ports: self.monitor_port.clone(),
             all_ports: self.all_ports,
-            kernel_btf: self.kernel_btf.clone(),
-            peers: PeerFilter::new(self.ignore_peer.clone()),
             activity_min_age: self.activity_min_age,
             max_tracked_connections: self.max_tracked_connections,
-            excluded_ports: Vec::new(),
+            ..self.watch.source_options()
         }
     }
 }
@@ -174,8 +221,9 @@ pub fn parse(args: Vec<OsString>) -> Result<Cli, clap::Error> {
         != Some(clap::parser::ValueSource::DefaultValue)
         || file_keys.iter().any(|k| k == "monitor_port");
     if cli.daemon.all_ports && !port_given {
-        cli.daemon.monitor_port.clear();
+        cli.daemon.watch.monitor_port.clear();
     }
+    cli.daemon.check()?;
     if let Some(file) = file {
         tracing::debug!(file = %file.display(), keys = ?file_keys, "config file read");
     }
@@ -305,11 +353,11 @@ mod tests {
     fn defaults_match_the_original() {
         let c = daemon(&[]).expect("defaults");
         assert_eq!(
-            (c.monitor_port, c.refresh_rate_seconds, c.serve_port),
+            (c.watch.monitor_port, c.refresh_rate_seconds, c.serve_port),
             (vec![8080], 10, 7070)
         );
         assert_eq!(c.serve_address.to_string(), "0.0.0.0");
-        assert_eq!(c.source, SourceChoice::Auto);
+        assert_eq!(c.watch.source, SourceChoice::Auto);
         assert_eq!(c.min_connection_age, Duration::from_secs(6));
         assert_eq!(c.activity_min_age, Duration::ZERO);
         assert_eq!(c.hook_timeout, Duration::from_secs(60));
@@ -351,7 +399,7 @@ mod tests {
             ("sock-diag", SourceChoice::SockDiag),
             ("proc", SourceChoice::Proc),
         ] {
-            assert_eq!(daemon(&["--source", name]).expect(name).source, want);
+            assert_eq!(daemon(&["--source", name]).expect(name).watch.source, want);
         }
     }
 
@@ -359,8 +407,8 @@ mod tests {
     fn ports_repeat_or_come_comma_separated() {
         let repeated = daemon(&["--monitor-port", "80", "--monitor-port", "443"]).expect("ok");
         let commas = daemon(&["--monitor-port", "80,443"]).expect("ok");
-        assert_eq!(repeated.monitor_port, [80, 443]);
-        assert_eq!(commas.monitor_port, [80, 443]);
+        assert_eq!(repeated.watch.monitor_port, [80, 443]);
+        assert_eq!(commas.watch.monitor_port, [80, 443]);
     }
 
     #[test]
@@ -368,11 +416,12 @@ mod tests {
         assert!(
             daemon(&["--all-ports"])
                 .expect("ok")
+                .watch
                 .monitor_port
                 .is_empty()
         );
         let both = daemon(&["--all-ports", "--monitor-port", "8080"]).expect("ok");
-        assert_eq!(both.monitor_port, [8080]);
+        assert_eq!(both.watch.monitor_port, [8080]);
     }
 
     #[test]
@@ -387,11 +436,15 @@ mod tests {
         .expect("write");
         let path = file.to_str().expect("utf-8");
         let c = daemon(&["--config", path]).expect("ok");
-        assert_eq!(c.monitor_port, [81, 82], "a port from the file is given");
+        assert_eq!(
+            c.watch.monitor_port,
+            [81, 82],
+            "a port from the file is given"
+        );
         assert!(c.all_ports);
         assert_eq!(c.idle_after, Some(Duration::from_secs(90)));
         let c = daemon(&["--config", path, "--monitor-port", "83"]).expect("ok");
-        assert_eq!(c.monitor_port, [83]);
+        assert_eq!(c.watch.monitor_port, [83]);
         std::fs::write(&file, "idle_afterr = 1\n").expect("write");
         let err = daemon(&["--config", path]).expect_err("unknown key");
         assert_eq!(err.exit_code(), 2);

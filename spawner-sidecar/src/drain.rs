@@ -19,12 +19,14 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde_json::json;
+use tracing::warn;
 
 use crate::{
     activity::{Activity, boottime_ns},
+    config::WatchArgs,
     duration::parse_duration,
     http::{App, AppState},
-    source::{self, SourceChoice, SourceKind, SourceOptions, peers::PeerFilter, peers::PeerNet},
+    source::{self, SourceKind},
     status::Status,
 };
 
@@ -47,8 +49,14 @@ pub struct Outcome {
     pub status: Status,
 }
 
-/// Waits until `app`'s ports have been idle for `quiet` (as far as its
+/// How often the eBPF source's TIME_WAIT snapshot is renewed while
+/// waiting: its tick may be far longer, and no event reports TIME_WAIT.
+const SNAPSHOT_EVERY: Duration = Duration::from_secs(1);
+
+/// Waits until `app`'s ports have been quiet for `quiet` (as far as its
 /// activity knows, including what it saw before this call), or `timeout`.
+/// Quiet: no open connection (a young one too: a request may be in flight)
+/// and no TIME_WAIT that counts as activity.
 pub async fn wait_quiet(
     app: &Arc<App>,
     quiet: Duration,
@@ -57,10 +65,26 @@ pub async fn wait_quiet(
     let deadline = Instant::now() + timeout;
     let quiet_ns = u64::try_from(quiet.as_nanos()).unwrap_or(u64::MAX);
     let interval = poll_interval(app.source.kind());
+    let mut snapshot_due = Instant::now();
     loop {
-        let status = app.status().await?;
-        let idle_ns = boottime_ns().saturating_sub(app.activity.last_active_ns());
-        let busy = status.active_connections + status.waiting_connections > 0;
+        if app.source.kind() == SourceKind::Ebpf && Instant::now() >= snapshot_due {
+            let source = app.source.clone();
+            match tokio::task::spawn_blocking(move || source.refresh()).await {
+                Ok(Err(e)) => warn!("drain: refreshing the snapshot: {e}"),
+                Err(e) => warn!("drain: refresh task failed: {e}"),
+                Ok(Ok(())) => {}
+            }
+            snapshot_due = Instant::now() + SNAPSHOT_EVERY;
+        }
+        let reading = app.read(app.activity.detail()).await?;
+        let now_ns = boottime_ns();
+        let status = Status::observe(&reading, &app.activity, now_ns, app.source.kind().as_str());
+        let waiting: u64 = reading
+            .values()
+            .map(|r| r.time_wait_total().saturating_sub(r.young_time_wait))
+            .sum();
+        let busy = status.active_connections + waiting > 0;
+        let idle_ns = now_ns.saturating_sub(app.activity.last_active_ns());
         if !busy && idle_ns >= quiet_ns {
             return Ok(Outcome {
                 quiet: true,
@@ -145,10 +169,8 @@ fn bad_request(error: String) -> Response {
 /// `spawner-sidecar wait-idle`: exit 0 once quiet, 1 at the timeout.
 #[derive(Debug, Clone, clap::Args)]
 pub struct WaitIdleArgs {
-    /// TCP port to watch; repeat the flag or separate ports with commas
-    #[arg(long, value_name = "PORT", env = "SPAWNER_SIDECAR_MONITOR_PORT", default_value = "8080",
-          value_delimiter = ',', value_parser = clap::value_parser!(u16).range(1..))]
-    pub monitor_port: Vec<u16>,
+    #[command(flatten)]
+    pub watch: WatchArgs,
 
     /// How long the ports must have had no active or waiting connection
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
@@ -157,23 +179,6 @@ pub struct WaitIdleArgs {
     /// Give up (exit 1) after this long
     #[arg(long, value_name = "DURATION", default_value = "300s", value_parser = parse_quiet_timeout)]
     pub timeout: Duration,
-
-    /// Where connection counts come from; auto picks the best that works here
-    #[arg(long, value_name = "SOURCE", env = "SPAWNER_SIDECAR_SOURCE", value_enum, default_value_t = SourceChoice::Auto)]
-    pub source: SourceChoice,
-
-    /// Leave connections from this CIDR out; repeatable
-    #[arg(
-        long,
-        value_name = "CIDR",
-        env = "SPAWNER_SIDECAR_IGNORE_PEER",
-        value_delimiter = ','
-    )]
-    pub ignore_peer: Vec<PeerNet>,
-
-    /// Kernel BTF to take struct offsets from
-    #[arg(long, value_name = "PATH", env = "SPAWNER_SIDECAR_KERNEL_BTF", default_value = crate::kernel_btf::VMLINUX_BTF)]
-    pub kernel_btf: std::path::PathBuf,
 }
 
 fn parse_quiet_timeout(text: &str) -> Result<Duration, String> {
@@ -197,17 +202,12 @@ pub fn wait_idle(args: WaitIdleArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Err(e) = args.watch.check() {
+        e.exit();
+    }
     let started = boottime_ns();
-    let options = SourceOptions {
-        ports: args.monitor_port.clone(),
-        all_ports: false,
-        kernel_btf: args.kernel_btf.clone(),
-        peers: PeerFilter::new(args.ignore_peer.clone()),
-        activity_min_age: Duration::ZERO,
-        max_tracked_connections: spawner_sidecar_common::DEFAULT_MAX_SOCKETS,
-        excluded_ports: Vec::new(),
-    };
-    let source = match source::open(args.source, &options) {
+    let options = args.watch.source_options();
+    let source = match source::open(args.watch.source, &options) {
         Ok(source) => source,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -219,12 +219,7 @@ pub fn wait_idle(args: WaitIdleArgs) -> ExitCode {
         Activity::new(started, Duration::ZERO),
         Duration::ZERO,
     ));
-    let ports = args
-        .monitor_port
-        .iter()
-        .map(u16::to_string)
-        .collect::<Vec<_>>()
-        .join(",");
+    let ports = crate::hooks::port_list(args.watch.monitor_port.iter().copied());
     match runtime.block_on(wait_quiet(&app, args.quiet_for, args.timeout)) {
         Ok(Outcome { quiet: true, .. }) => {
             eprintln!(

@@ -15,7 +15,7 @@ use std::{process::Stdio, sync::Arc, time::Duration};
 use tokio::{io::AsyncReadExt as _, process::Command};
 use tracing::{error, info, warn};
 
-use crate::{activity::boottime_ns, http::App, source::SourceKind};
+use crate::{activity::boottime_ns, http::App, lock::lock, source::SourceKind};
 
 /// The hooks as configured.
 #[derive(Clone, Debug)]
@@ -24,8 +24,6 @@ pub struct Hooks {
     pub on_idle: Option<String>,
     pub on_active: Option<String>,
     pub timeout: Duration,
-    /// `SPAWNER_SIDECAR_PORT` for the commands: the followed ports.
-    pub ports: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,11 +77,19 @@ pub async fn run(app: Arc<App>, hooks: Hooks, tick: Duration) {
         let now = boottime_ns();
         let last = app.activity.last_active_ns();
         let seconds = status.seconds_since_active;
+        // `SPAWNER_SIDECAR_PORT`: the ports followed now (`--all-ports`
+        // changes them).
+        let ports = port_list(status.ports.keys().copied());
+        let context = (seconds, ports.as_str());
+        let mut failed = false;
         phase = match phase {
             Phase::Active if now.saturating_sub(last) >= idle_after_ns => {
-                match run_hook(&app, "on-idle", hooks.on_idle.as_deref(), &hooks, seconds).await {
+                match run_hook(&app, "on-idle", hooks.on_idle.as_deref(), &hooks, context).await {
                     RunResult::Ok => Phase::Idle { since_ns: now },
-                    _ => Phase::Active,
+                    _ => {
+                        failed = true;
+                        Phase::Active
+                    }
                 }
             }
             Phase::Idle { since_ns } if last > since_ns => Phase::Waking,
@@ -95,15 +101,20 @@ pub async fn run(app: Arc<App>, hooks: Hooks, tick: Duration) {
                 "on-active",
                 hooks.on_active.as_deref(),
                 &hooks,
-                seconds,
+                context,
             )
             .await
             {
                 RunResult::Ok => Phase::Active,
-                _ => Phase::Waking,
+                _ => {
+                    failed = true;
+                    Phase::Waking
+                }
             };
         }
         let nap = match phase {
+            // A failed hook is tried again at the next tick, not at once.
+            _ if failed => tick,
             // Sleep to the idle deadline exactly, or a tick if it is further.
             Phase::Active => {
                 let idle_ns = boottime_ns().saturating_sub(app.activity.last_active_ns());
@@ -117,6 +128,15 @@ pub async fn run(app: Arc<App>, hooks: Hooks, tick: Duration) {
     }
 }
 
+/// `8080,9090`: ports as the hooks' environment and the logs show them.
+pub fn port_list(ports: impl IntoIterator<Item = u16>) -> String {
+    ports
+        .into_iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Runs one hook (if configured) and records the result; an unconfigured
 /// hook is a success that ran nothing.
 async fn run_hook(
@@ -124,7 +144,7 @@ async fn run_hook(
     name: &'static str,
     command: Option<&str>,
     hooks: &Hooks,
-    seconds_since_active: u64,
+    (seconds_since_active, ports): (u64, &str),
 ) -> RunResult {
     let Some(command) = command else {
         info!(
@@ -133,18 +153,27 @@ async fn run_hook(
         );
         return RunResult::Ok;
     };
-    info!(hook = name, command, seconds_since_active, "running hook");
-    let result = execute(name, command, hooks, seconds_since_active).await;
-    let mut runs = app.hook_runs.lock().unwrap_or_else(|e| e.into_inner());
+    info!(
+        hook = name,
+        command, seconds_since_active, ports, "running hook"
+    );
+    let result = execute(name, command, hooks.timeout, ports, seconds_since_active).await;
+    let mut runs = lock(&app.hook_runs);
     *runs.entry((name, result.label())).or_default() += 1;
     result
 }
 
-async fn execute(name: &str, command: &str, hooks: &Hooks, seconds_since_active: u64) -> RunResult {
+async fn execute(
+    name: &str,
+    command: &str,
+    timeout: Duration,
+    ports: &str,
+    seconds_since_active: u64,
+) -> RunResult {
     let child = Command::new("/bin/sh")
         .arg("-c")
         .arg(command)
-        .env("SPAWNER_SIDECAR_PORT", &hooks.ports)
+        .env("SPAWNER_SIDECAR_PORT", ports)
         .env(
             "SPAWNER_SIDECAR_SECONDS_SINCE_ACTIVE",
             seconds_since_active.to_string(),
@@ -166,9 +195,9 @@ async fn execute(name: &str, command: &str, hooks: &Hooks, seconds_since_active:
     // If this future is dropped (the daemon stops mid-hook), kill_on_drop
     // reaches only the shell; this reaches what the shell started too.
     let mut group = GroupKill(child.id());
-    let stdout = tokio::spawn(read_some(child.stdout.take()));
-    let stderr = tokio::spawn(read_some(child.stderr.take()));
-    let status = match tokio::time::timeout(hooks.timeout, child.wait()).await {
+    let stdout = Output::capture(child.stdout.take());
+    let stderr = Output::capture(child.stderr.take());
+    let status = match tokio::time::timeout(timeout, child.wait()).await {
         Ok(Ok(status)) => status,
         Ok(Err(e)) => {
             error!(hook = name, "waiting for the hook failed: {e}");
@@ -177,11 +206,12 @@ async fn execute(name: &str, command: &str, hooks: &Hooks, seconds_since_active:
         Err(_) => {
             drop(group);
             let _ = child.wait().await;
-            stdout.abort();
-            stderr.abort();
+            let (out, err) = (stdout.finish().await, stderr.finish().await);
             error!(
                 hook = name,
-                timeout = %humantime::format_duration(hooks.timeout),
+                timeout = %humantime::format_duration(timeout),
+                stdout = out,
+                stderr = err,
                 "hook timed out and was killed; retrying next check"
             );
             return RunResult::Timeout;
@@ -190,7 +220,7 @@ async fn execute(name: &str, command: &str, hooks: &Hooks, seconds_since_active:
     // The shell is done; what it left running in the background (a service
     // `on-active` started, say) is its business and stays.
     group.0 = None;
-    let (out, err) = (collect(stdout).await, collect(stderr).await);
+    let (out, err) = (stdout.finish().await, stderr.finish().await);
     if status.success() {
         info!(hook = name, %status, stdout = out, stderr = err, "hook finished");
         RunResult::Ok
@@ -200,33 +230,46 @@ async fn execute(name: &str, command: &str, hooks: &Hooks, seconds_since_active:
     }
 }
 
-/// Reads a hook's output stream to its end, keeping the first `OUTPUT_LIMIT` bytes.
-async fn read_some(stream: Option<impl tokio::io::AsyncRead + Unpin>) -> Vec<u8> {
-    let mut kept = Vec::new();
-    let Some(mut stream) = stream else {
-        return kept;
-    };
-    let mut buf = [0u8; 1024];
-    while let Ok(n) = stream.read(&mut buf).await {
-        if n == 0 {
-            break;
-        }
-        let room = OUTPUT_LIMIT.saturating_sub(kept.len());
-        kept.extend_from_slice(&buf[..n.min(room)]);
-    }
-    kept
+/// One of a hook's output streams, read in the background into a buffer
+/// that keeps the first `OUTPUT_LIMIT` bytes (and drains the rest, so the
+/// hook never blocks on a full pipe).
+struct Output {
+    kept: Arc<std::sync::Mutex<Vec<u8>>>,
+    reader: tokio::task::JoinHandle<()>,
 }
 
-/// What a reader got, given a moment after the shell exited: a background
-/// child that inherited the stream would otherwise keep it open for ever.
-async fn collect(reader: tokio::task::JoinHandle<Vec<u8>>) -> String {
-    let abort = reader.abort_handle();
-    match tokio::time::timeout(Duration::from_millis(200), reader).await {
-        Ok(Ok(bytes)) => String::from_utf8_lossy(&bytes).trim().to_string(),
-        _ => {
-            abort.abort();
-            "(output still open in a background process)".into()
+impl Output {
+    fn capture(stream: Option<impl tokio::io::AsyncRead + Unpin + Send + 'static>) -> Self {
+        let kept = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = kept.clone();
+        let reader = tokio::spawn(async move {
+            let Some(mut stream) = stream else {
+                return;
+            };
+            let mut buf = [0u8; 1024];
+            while let Ok(n) = stream.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                let mut kept = lock(&sink);
+                let room = OUTPUT_LIMIT.saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
+            }
+        });
+        Output { kept, reader }
+    }
+
+    /// What was read, given a moment after the shell ended: a background
+    /// child that inherited the stream would otherwise keep it open for ever.
+    async fn finish(mut self) -> String {
+        if tokio::time::timeout(Duration::from_millis(200), &mut self.reader)
+            .await
+            .is_err()
+        {
+            self.reader.abort();
         }
+        let kept = lock(&self.kept);
+        String::from_utf8_lossy(&kept).trim().to_string()
     }
 }
 

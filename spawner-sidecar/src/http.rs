@@ -21,6 +21,7 @@ use serde_json::json;
 
 use crate::{
     activity::{Activity, boottime_ns},
+    lock::lock,
     metrics,
     source::{ConnectionSource, Detail, Reading},
     status::Status,
@@ -137,11 +138,7 @@ async fn metrics(State(app): State<AppState>, headers: HeaderMap) -> Response {
     let health = tokio::task::spawn_blocking(move || source.health())
         .await
         .unwrap_or_default();
-    let hook_runs = app
-        .hook_runs
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
+    let hook_runs = lock(&app.hook_runs).clone();
     let scrape = metrics::Scrape {
         reading: &reading,
         idle: &idle,

@@ -8,6 +8,7 @@ mod heartbeat;
 mod hooks;
 mod http;
 mod kernel_btf;
+mod lock;
 mod metrics;
 mod source;
 mod status;
@@ -95,7 +96,7 @@ async fn run(
         excluded_ports: vec![serve_port],
         ..config.source_options()
     };
-    let choice = config.source;
+    let choice = config.watch.source;
     let source = tokio::task::spawn_blocking(move || source::open(choice, &options))
         .await
         .context("source start-up task failed")??;
@@ -105,12 +106,7 @@ async fn run(
         config.min_connection_age,
     ));
     let ticker = tokio::spawn(tick(app.clone(), config.refresh()));
-    let ports = config
-        .monitor_port
-        .iter()
-        .map(u16::to_string)
-        .collect::<Vec<_>>()
-        .join(",");
+    let ports = hooks::port_list(config.watch.monitor_port.iter().copied());
     let hooks = config.idle_after.map(|idle_after| {
         tokio::spawn(hooks::run(
             app.clone(),
@@ -119,7 +115,6 @@ async fn run(
                 on_idle: config.on_idle.clone(),
                 on_active: config.on_active.clone(),
                 timeout: config.hook_timeout,
-                ports: ports.clone(),
             },
             config.refresh(),
         ))

@@ -265,7 +265,7 @@ mod tests {
                 listeners: 1,
                 opened: 10,
                 closed: 7,
-                starts: Some(vec![1_000, 58_000_000_000]),
+                starts: Some(vec![1_000, 58_000_000_000, 59_000_000_000]),
                 ..Default::default()
             },
         )]);

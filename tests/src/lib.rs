@@ -219,6 +219,8 @@ pub fn http_get_with(port: u16, path: &str, headers: &[(&str, &str)]) -> (u16, S
 #[derive(Debug, Clone)]
 pub struct Sample {
     pub family: String,
+    /// The family's type: gauge, counter, ...
+    pub kind: String,
     pub name: String,
     pub labels: std::collections::BTreeMap<String, String>,
     pub value: f64,
@@ -259,6 +261,7 @@ pub fn parse_metrics(text: &str, openmetrics: bool) -> Vec<Sample> {
             let v: Value = serde_json::from_str(line).unwrap();
             Sample {
                 family: v["family"].as_str().unwrap().to_string(),
+                kind: v["type"].as_str().unwrap().to_string(),
                 name: v["name"].as_str().unwrap().to_string(),
                 labels: v["labels"]
                     .as_object()

@@ -155,6 +155,14 @@ fn a_bad_config_file_fails_at_start_naming_the_key_with_exit_2() {
         );
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
+    // A rule between keys (on_idle needs idle_after) holds for the file too.
+    let file = TempFile::new("hooks.toml", "on_idle = \"true\"\n");
+    let (code, stderr) = run_with(&file);
+    assert_eq!(code, 2, "{stderr}");
+    assert_eq!(
+        stderr,
+        "error: --on-idle and --on-active need --idle-after (config key idle_after)\n"
+    );
     let missing = Command::new(binary())
         .args(["--config", "/nonexistent/spawner.toml"])
         .output()

@@ -149,3 +149,56 @@ fn wait_idle_subcommand_exits_0_when_quiet_and_1_at_the_timeout() {
     let (code, stderr, _) = wait_idle(&["--quiet-for", "eventually"]);
     assert_eq!(code, 2, "{stderr}");
 }
+
+/// TIME_WAIT holds a drain on the eBPF source too, where no event reports
+/// it: one there at start, and one that appears while `wait-idle` waits.
+#[test]
+fn time_wait_holds_wait_idle_on_the_ebpf_source() {
+    if let Err(reason) = ebpf_supported() {
+        println!("skipping: {reason}");
+        return;
+    }
+    let port = free_port();
+    let port_text = port.to_string();
+    let mut server = Server::v4(port);
+    server.connect(1);
+    server.close_server_first();
+    let args = [
+        "--source",
+        "ebpf",
+        "--monitor-port",
+        &port_text,
+        "--quiet-for",
+        "500ms",
+        "--timeout",
+        "3s",
+    ];
+    let (code, stderr, _) = wait_idle(&args);
+    assert_eq!(code, 1, "a TIME_WAIT from before start: {stderr}");
+    assert!(stderr.contains("1 waiting"), "{stderr}");
+
+    // A fresh port, quiet at start; a server-first close at 1 s.
+    let port = free_port();
+    let port_text = port.to_string();
+    let mut server = Server::v4(port);
+    let closer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(1000));
+        server.connect(1);
+        server.close_server_first();
+        server
+    });
+    let args = [
+        "--source",
+        "ebpf",
+        "--monitor-port",
+        &port_text,
+        "--quiet-for",
+        "1500ms",
+        "--timeout",
+        "4s",
+    ];
+    let (code, stderr, _) = wait_idle(&args);
+    let _server = closer.join().unwrap();
+    assert_eq!(code, 1, "the TIME_WAIT made during the wait: {stderr}");
+    assert!(stderr.contains("1 waiting"), "{stderr}");
+}

@@ -255,11 +255,9 @@ fn short_client_closed_requests_count_as_activity() {
     assert!((5..=7).contains(&idle), "after 6 s of quiet: {idle}");
 }
 
-#[test]
-fn service_restart_flips_listening_and_keeps_counts_exact() {
-    require_ebpf!();
+fn service_restart(source: &str) {
     let port = free_port();
-    let sidecar = start("ebpf", port, "1");
+    let sidecar = start(source, port, "1");
     let mut server = Server::v4(port);
     server.connect(3);
     expect_established(&sidecar, port, 3);
@@ -277,6 +275,22 @@ fn service_restart_flips_listening_and_keeps_counts_exact() {
     assert_eq!(sidecar.status()["listening"], true);
     server.connect(2);
     expect_established(&sidecar, port, 2);
+}
+
+#[test]
+fn service_restart_flips_listening_and_keeps_counts_exact() {
+    require_ebpf!();
+    service_restart("ebpf");
+}
+
+#[test]
+fn service_restart_flips_listening_and_keeps_counts_exact_sock_diag() {
+    service_restart("sock-diag");
+}
+
+#[test]
+fn service_restart_flips_listening_and_keeps_counts_exact_proc() {
+    service_restart("proc");
 }
 
 #[test]

@@ -5,7 +5,7 @@
 
 use std::{
     io::Read,
-    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
     time::Duration,
 };
 
@@ -24,7 +24,7 @@ fn ignore_peer(source: &str) {
         "--monitor-port",
         &ports,
         "--ignore-peer",
-        "127.0.0.2/32",
+        "127.0.0.2/32,::1/128",
         "--refresh-rate-seconds",
         "1",
     ]);
@@ -37,12 +37,16 @@ fn ignore_peer(source: &str) {
     let mapped = Server::dual_stack(dual);
     let probe_mapped = connect_from(PROBER, SocketAddr::from((Ipv4Addr::LOCALHOST, dual)));
     let probe_mapped_accepted = mapped.listener().accept().unwrap().0;
+    // And an IPv6 peer (::1), matched as such.
+    let v6 = IpAddr::V6(Ipv6Addr::LOCALHOST);
+    let probe_v6 = connect_from(v6, SocketAddr::new(v6, dual));
+    let probe_v6_accepted = mapped.listener().accept().unwrap().0;
     let real = TcpStream::connect(v4_addr).unwrap();
     let real_accepted = listener.accept().unwrap().0;
     eventually(Duration::from_secs(5), || {
         let status = sidecar.status();
         let truth = ss_count(None, "established", v4) + ss_count(None, "established", dual);
-        (truth == 3 && status["active_connections"] == 1 && status["ignored_connections"] == 2)
+        (truth == 4 && status["active_connections"] == 1 && status["ignored_connections"] == 3)
             .then_some(())
             .ok_or(format!("ss {truth}: {status}"))
     });
@@ -54,7 +58,7 @@ fn ignore_peer(source: &str) {
     std::thread::sleep(Duration::from_millis(3200));
     let status = sidecar.status();
     assert_eq!(status["active_connections"], 0, "{status}");
-    assert_eq!(status["ignored_connections"], 2, "{status}");
+    assert_eq!(status["ignored_connections"], 3, "{status}");
     assert!(
         status["seconds_since_active"].as_u64().unwrap() >= 2,
         "ignored peers are not activity: {status}"
@@ -66,12 +70,17 @@ fn ignore_peer(source: &str) {
     eventually(Duration::from_secs(3), || {
         let status = sidecar.status();
         let tw = ss_count(None, "time-wait", v4);
-        (tw == 1 && status["waiting_connections"] == 0 && status["ignored_connections"] == 2)
+        (tw == 1 && status["waiting_connections"] == 0 && status["ignored_connections"] == 3)
             .then_some(())
             .ok_or(format!("ss time-wait {tw}: {status}"))
     });
     assert!(field(&sidecar, "seconds_since_active") >= 2);
-    drop((probe_mapped, probe_mapped_accepted));
+    drop((
+        probe_mapped,
+        probe_mapped_accepted,
+        probe_v6,
+        probe_v6_accepted,
+    ));
 }
 
 #[test]
@@ -169,11 +178,20 @@ fn young_connections_and_their_time_wait_are_not_activity_ebpf() {
 
 #[test]
 fn young_connections_are_not_activity_proc() {
+    young_connections_on_a_poller("proc");
+}
+
+#[test]
+fn young_connections_are_not_activity_sock_diag() {
+    young_connections_on_a_poller("sock-diag");
+}
+
+fn young_connections_on_a_poller(source: &str) {
     let port = free_port();
     let server = Server::v4(port);
     let sidecar = Sidecar::start(&[
         "--source",
-        "proc",
+        source,
         "--monitor-port",
         &port.to_string(),
         "--activity-min-age",
@@ -200,6 +218,6 @@ fn young_connections_are_not_activity_proc() {
     let _held = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
     let _accepted = server.listener().accept().unwrap().0;
     assert!(field(&sidecar, "seconds_since_active") >= 2, "first sight");
-    std::thread::sleep(Duration::from_millis(1300));
-    assert_eq!(field(&sidecar, "seconds_since_active"), 0, "seen for 1.3 s");
+    std::thread::sleep(Duration::from_millis(1800));
+    assert_eq!(field(&sidecar, "seconds_since_active"), 0, "seen for 1.8 s");
 }

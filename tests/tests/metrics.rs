@@ -167,7 +167,7 @@ fn long_lived_across_the_boundary(source: &str) {
         3.0,
         "the one from before start and the two opened at 0 s"
     );
-    until(start, Duration::from_millis(3700));
+    until(start, Duration::from_millis(4300));
     assert_eq!(long_lived(&sidecar, port), 4.0, "and the one from 1 s");
     assert_eq!(ss_count(None, "established", port), 4);
 }
@@ -184,6 +184,11 @@ fn long_lived_counts_connections_once_they_are_old_enough_ebpf() {
 #[test]
 fn long_lived_counts_connections_once_they_are_old_enough_proc() {
     long_lived_across_the_boundary("proc");
+}
+
+#[test]
+fn long_lived_counts_connections_once_they_are_old_enough_sock_diag() {
+    long_lived_across_the_boundary("sock-diag");
 }
 
 #[test]

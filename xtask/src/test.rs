@@ -13,7 +13,7 @@ const TEST_TOOLS: &[(&str, &[&str], &str)] =
 
 /// The Prometheus project's Python client, whose parsers the metrics tests
 /// use as the judge of `/metrics` (pinned: a parser is part of the test).
-const PROMETHEUS_CLIENT: &str = "prometheus-client==0.21.1";
+const PROMETHEUS_CLIENT_VERSION: &str = "0.21.1";
 
 pub fn run(extra: &[String]) -> anyhow::Result<()> {
     ensure_test_tools()?;
@@ -93,15 +93,21 @@ fn ensure_test_tools() -> anyhow::Result<()> {
 }
 
 fn ensure_prometheus_parser() -> anyhow::Result<()> {
-    let present = Command::new("python3")
-        .args(["-c", "import prometheus_client.openmetrics.parser"])
+    let installed = Command::new("python3")
+        .args([
+            "-c",
+            "import importlib.metadata as m, prometheus_client.openmetrics.parser; print(m.version('prometheus-client'))",
+        ])
         .output()
-        .is_ok_and(|o| o.status.success());
-    if present {
-        println!("[test] Python prometheus_client present");
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    if installed.as_deref() == Some(PROMETHEUS_CLIENT_VERSION) {
+        println!("[test] Python prometheus-client {PROMETHEUS_CLIENT_VERSION} present");
         return Ok(());
     }
-    println!("[test] installing {PROMETHEUS_CLIENT} (the metrics tests' parser)");
+    let wanted = format!("prometheus-client=={PROMETHEUS_CLIENT_VERSION}");
+    println!("[test] installing {wanted} (the metrics tests' parser)");
     run_checked(
         Command::new("python3").args([
             "-m",
@@ -110,7 +116,7 @@ fn ensure_prometheus_parser() -> anyhow::Result<()> {
             "--quiet",
             "--disable-pip-version-check",
             "--root-user-action=ignore",
-            PROMETHEUS_CLIENT,
+            &wanted,
         ]),
         "pip install prometheus-client",
     )

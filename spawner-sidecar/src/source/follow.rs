@@ -2,10 +2,17 @@
 //! `--all-ports` every port that has a LISTEN socket in the namespace, kept
 //! while its accepted connections drain after the listener went away.
 //! Client sockets have no listener on their ephemeral port, so they are never
-//! followed and the port set (and metric labels) stays bounded.
+//! followed, and at most `MAX_FOLLOWED` ports are, so the port set (and the
+//! metric labels) stays bounded on every source.
 use std::collections::BTreeSet;
 
+use spawner_sidecar_common::MAX_PORTS;
+use tracing::warn;
+
 use super::Reading;
+
+/// As many ports as the kernel program has slots for, on every source.
+pub const MAX_FOLLOWED: usize = MAX_PORTS as usize;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Follow {
@@ -15,6 +22,8 @@ pub struct Follow {
     /// whoever polls the tracker would otherwise keep "active".
     excluded: BTreeSet<u16>,
     current: BTreeSet<u16>,
+    /// Whether the cap was hit (and said so) already.
+    capped: bool,
 }
 
 impl Follow {
@@ -25,6 +34,7 @@ impl Follow {
             all_ports,
             excluded: excluded.iter().copied().collect(),
             current,
+            capped: false,
         }
     }
 
@@ -36,27 +46,72 @@ impl Follow {
         self.current.iter().copied().collect()
     }
 
-    /// Starts following `port` (a new listener); true if it was not yet.
-    pub fn add(&mut self, port: u16) -> bool {
-        self.all_ports && !self.excluded.contains(&port) && self.current.insert(port)
+    fn room(&mut self, port: u16) -> bool {
+        if self.current.len() < MAX_FOLLOWED {
+            return true;
+        }
+        if !self.capped {
+            warn!(
+                port,
+                "already following {MAX_FOLLOWED} ports; more listeners are not followed"
+            );
+            self.capped = true;
+        }
+        false
     }
 
-    /// After a snapshot: follow every port listening now, keep those with
-    /// connections left, drop the rest. Returns (added, removed).
-    pub fn update(&mut self, listening: &[u16], reading: &Reading) -> (Vec<u16>, Vec<u16>) {
+    /// Starts following `port` (a new listener); true if it was not yet.
+    pub fn add(&mut self, port: u16) -> bool {
+        self.all_ports
+            && !self.excluded.contains(&port)
+            && !self.current.contains(&port)
+            && self.room(port)
+            && self.current.insert(port)
+    }
+
+    /// Forgets `port` (the source could not follow it), so that a later
+    /// snapshot still listing it adds it again.
+    pub fn remove(&mut self, port: u16) {
+        self.current.remove(&port);
+    }
+
+    /// After a snapshot of `snapshot_ports`: follow every port listening
+    /// now, keep those with connections left, drop the rest. A port followed
+    /// since the snapshot began is not judged by it. Returns (added, removed).
+    pub fn update(
+        &mut self,
+        listening: &[u16],
+        reading: &Reading,
+        snapshot_ports: &[u16],
+    ) -> (Vec<u16>, Vec<u16>) {
         if !self.all_ports {
             return (Vec::new(), Vec::new());
         }
-        let mut next: BTreeSet<u16> = self.fixed.iter().copied().collect();
-        next.extend(listening.iter().filter(|p| !self.excluded.contains(p)));
-        next.extend(self.current.iter().copied().filter(|p| {
+        let has_connections = |p: &u16| {
             reading
                 .get(p)
                 .is_some_and(|r| r.established_total() + r.time_wait_total() + r.ignored() > 0)
-        }));
-        let added = next.difference(&self.current).copied().collect();
-        let removed = self.current.difference(&next).copied().collect();
-        self.current = next;
+        };
+        let removed: Vec<u16> = self
+            .current
+            .iter()
+            .copied()
+            .filter(|p| {
+                snapshot_ports.contains(p)
+                    && !self.fixed.contains(p)
+                    && !listening.contains(p)
+                    && !has_connections(p)
+            })
+            .collect();
+        for port in &removed {
+            self.current.remove(port);
+        }
+        let mut added = Vec::new();
+        for &port in listening {
+            if self.add(port) {
+                added.push(port);
+            }
+        }
         (added, removed)
     }
 }
@@ -70,7 +125,10 @@ mod tests {
     fn fixed_ports_only_without_all_ports() {
         let mut f = Follow::new(vec![8080], false, &[]);
         assert!(!f.add(9090));
-        assert_eq!(f.update(&[9090], &Reading::new()), (vec![], vec![]));
+        assert_eq!(
+            f.update(&[9090], &Reading::new(), &[8080]),
+            (vec![], vec![])
+        );
         assert_eq!(f.ports(), [8080]);
     }
 
@@ -78,7 +136,7 @@ mod tests {
     fn follows_listeners_and_keeps_draining_ports() {
         let mut f = Follow::new(vec![], true, &[7070]);
         assert_eq!(
-            f.update(&[80, 443, 7070], &Reading::new()),
+            f.update(&[80, 443, 7070], &Reading::new(), &[]),
             (vec![80, 443], vec![]),
             "never our own port"
         );
@@ -91,9 +149,32 @@ mod tests {
                 ..Default::default()
             },
         )]);
-        assert_eq!(f.update(&[], &draining), (vec![], vec![80]));
+        assert_eq!(f.update(&[], &draining, &[80, 443]), (vec![], vec![80]));
         assert_eq!(f.ports(), [443]);
-        assert_eq!(f.update(&[], &Reading::new()), (vec![], vec![443]));
+        assert_eq!(f.update(&[], &Reading::new(), &[443]), (vec![], vec![443]));
         assert!(f.add(8080) && !f.add(8080));
+    }
+
+    #[test]
+    fn a_port_followed_after_the_snapshot_began_is_not_dropped_by_it() {
+        let mut f = Follow::new(vec![], true, &[]);
+        assert!(f.add(9090), "reported by the kernel meanwhile");
+        assert_eq!(f.update(&[], &Reading::new(), &[]), (vec![], vec![]));
+        assert_eq!(f.ports(), [9090]);
+        assert_eq!(
+            f.update(&[], &Reading::new(), &[9090]),
+            (vec![], vec![9090])
+        );
+    }
+
+    #[test]
+    fn follows_at_most_max_followed_ports_and_retries_removed_ones() {
+        let mut f = Follow::new(vec![], true, &[]);
+        let many: Vec<u16> = (1..=(MAX_FOLLOWED as u16 + 10)).collect();
+        let (added, _) = f.update(&many, &Reading::new(), &[]);
+        assert_eq!(added.len(), MAX_FOLLOWED);
+        assert!(!f.add(60_000));
+        f.remove(1);
+        assert!(f.add(60_000), "room again");
     }
 }

@@ -79,6 +79,18 @@ pub enum SourceError {
         map: &'static str,
         source: aya::maps::MapError,
     },
+    /// The snapshot an event-fed source takes each tick failed: its
+    /// TIME_WAIT count and repairs wait for the next tick, but its event
+    /// counts are as good as before.
+    #[error("snapshot: {source}")]
+    Snapshot { source: Box<SourceError> },
+}
+
+impl SourceError {
+    /// Whether the source itself still works: true for a failed snapshot.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, SourceError::Snapshot { .. })
+    }
 }
 
 /// The tracker's own health, for `/metrics`. Counters are totals since start.
@@ -115,6 +127,9 @@ pub trait ConnectionSource: Send + Sync {
     fn health(&self) -> SourceHealth {
         SourceHealth::default()
     }
+    /// Gives up the source for good (another took over): stops its threads
+    /// and detaches what it attached.
+    fn stop(&self) {}
 }
 
 /// What every source needs to know to start.

@@ -20,7 +20,7 @@ use super::{
     peers::PeerFilter,
     snapshot::{self, SnapshotRequest, Snapshotter, SocketEntry, SocketState},
 };
-use crate::activity::boottime_ns;
+use crate::{activity::boottime_ns, lock::lock};
 
 /// A TIME_WAIT socket lives at most 60 s (`TCP_TIMEWAIT_LEN`); what we know
 /// about where one came from is kept a little longer, then dropped.
@@ -90,12 +90,6 @@ impl PollingSource {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, PollState> {
-        // Each read replaces the state's parts whole; a panic mid-read at
-        // worst leaves one read's bookkeeping half done, never unsafe.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     fn take_snapshot(&self, state: &mut PollState) -> Result<Vec<SocketEntry>, SourceError> {
         let all_listeners = state.follow.all_ports();
         let mut sockets = self.snapshots.snapshot(&SnapshotRequest {
@@ -125,7 +119,7 @@ impl ConnectionSource for PollingSource {
     }
 
     fn read(&self, _detail: Detail) -> Result<Reading, SourceError> {
-        let mut state = self.lock();
+        let mut state = lock(&self.state);
         let sockets = self.take_snapshot(&mut state)?;
         let now = boottime_ns();
         let ports = state.follow.ports();
@@ -165,7 +159,9 @@ impl ConnectionSource for PollingSource {
             // errs on the side of "recently active". Whether it was old
             // enough to be activity, only what we saw can tell.
             if conn.seen_mature(self.min_age_ns) {
-                state.mature_closed.insert(*key, now);
+                if self.min_age_ns > 0 {
+                    state.mature_closed.insert(*key, now);
+                }
                 state.last_close_ns.insert(conn.port, now);
             }
         }
@@ -206,7 +202,7 @@ impl ConnectionSource for PollingSource {
         }
         if state.follow.all_ports() {
             let listening = snapshot::listening_ports(&sockets);
-            let (_, removed) = state.follow.update(&listening, &reading);
+            let (_, removed) = state.follow.update(&listening, &reading, &ports);
             for port in removed {
                 reading.remove(&port);
                 state.totals.remove(&port);

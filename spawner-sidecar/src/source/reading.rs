@@ -72,16 +72,21 @@ impl PortReading {
         self.ignored_established + self.ignored_time_wait
     }
 
-    /// Connections established for at least `min_age_ns` at `now_ns`; with
-    /// no ages known, every established connection.
+    /// Connections established for at least `min_age_ns` at `now_ns`, at
+    /// most all of them. A connection whose start is unknown (more counted
+    /// than ages known: the eBPF source's map was full, or had no snapshot
+    /// cookies to seed it) counts as old: unknown must not mean idle.
     pub fn established_at_least(&self, min_age_ns: u64, now_ns: u64) -> u64 {
+        let total = self.established_total();
         match &self.starts {
             Some(starts) if min_age_ns > 0 => {
                 let cutoff = now_ns.saturating_sub(min_age_ns);
+                let unknown = total.saturating_sub(starts.len() as u64);
                 // Ascending: the old enough ones are a prefix.
-                starts.partition_point(|&s| s <= cutoff) as u64
+                let old = starts.partition_point(|&s| s <= cutoff) as u64;
+                (unknown + old).min(total)
             }
-            _ => self.established_total(),
+            _ => total,
         }
     }
 }
@@ -116,5 +121,15 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(no_ages.established_at_least(15, 40), 3);
+        let one_untracked = PortReading {
+            established: [3, 0],
+            starts: Some(vec![30, 40]),
+            ..Default::default()
+        };
+        assert_eq!(
+            one_untracked.established_at_least(15, 40),
+            1,
+            "the one without a start counts as old"
+        );
     }
 }

@@ -18,7 +18,7 @@ use std::{
     collections::BTreeMap,
     os::fd::{AsFd as _, AsRawFd as _},
     sync::{
-        Arc, Mutex, MutexGuard, Weak,
+        Arc, Mutex, Weak,
         atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
@@ -41,7 +41,7 @@ use super::{
     reconcile::{Correction, EventCounts, Outcome},
     snapshot::{self, SnapshotRequest, Snapshotter},
 };
-use crate::activity::boottime_ns;
+use crate::{activity::boottime_ns, lock::lock};
 
 /// How long start-up waits for one quiet snapshot per port.
 const SEED_DEADLINE: Duration = Duration::from_secs(1);
@@ -64,9 +64,15 @@ struct Inner {
 }
 
 pub struct EbpfSource {
-    /// Owns the attached program: dropping it detaches.
-    ebpf: Mutex<aya::Ebpf>,
+    /// Owns the attached program: dropping it detaches. `None` once stopped.
+    ebpf: Mutex<Option<aya::Ebpf>>,
     inner: Mutex<Inner>,
+    /// Held for a whole `refresh`: the tick and the listener thread both
+    /// refresh, and two interleaved rounds would judge ports by each
+    /// other's snapshots.
+    refreshing: Mutex<()>,
+    /// Set by `stop`: the listener thread ends.
+    stopped: AtomicBool,
     snapshots: Arc<dyn Snapshotter>,
     filter: PeerFilter,
     min_age_ns: u64,
@@ -75,14 +81,8 @@ pub struct EbpfSource {
     fail_map_reads: AtomicBool,
 }
 
-fn map_error(map: &'static str) -> impl Fn(aya::maps::MapError) -> SourceError {
+pub(super) fn map_error(map: &'static str) -> impl Fn(aya::maps::MapError) -> SourceError {
     move |source| SourceError::Map { map, source }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every update under these locks is a whole-value replacement or a map
-    // syscall; a panic elsewhere cannot leave them half-done.
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl EbpfSource {
@@ -124,7 +124,9 @@ impl EbpfSource {
             ..
         } = loaded;
         let source = Arc::new(EbpfSource {
-            ebpf: Mutex::new(ebpf),
+            ebpf: Mutex::new(Some(ebpf)),
+            refreshing: Mutex::new(()),
+            stopped: AtomicBool::new(false),
             inner: Mutex::new(Inner {
                 slot_map,
                 counts,
@@ -165,8 +167,10 @@ impl EbpfSource {
         } else {
             warn!(
                 port,
-                "every slot of the kernel program is taken; port not followed"
+                "every slot of the kernel program is taken; port not followed for now"
             );
+            // Forgotten, so that a later snapshot still listing it retries.
+            inner.follow.remove(port);
         }
         Ok(())
     }
@@ -257,7 +261,7 @@ impl EbpfSource {
     /// not expose it).
     fn missed_runs(&self) -> Option<u64> {
         let ebpf = lock(&self.ebpf);
-        let program = ebpf.program(PROGRAM)?;
+        let program = ebpf.as_ref()?.program(PROGRAM)?;
         let fd = program.fd().ok()?.as_fd().as_raw_fd();
         let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
         info.lines()
@@ -266,22 +270,34 @@ impl EbpfSource {
     }
 }
 
+/// The ports as the kernel has them now: events plus corrections.
+fn current(inner: &Inner, events: &BTreeMap<u16, EventCounts>) -> Reading {
+    events
+        .iter()
+        .map(|(port, e)| {
+            let correction = inner.corrections.get(port).copied().unwrap_or_default();
+            (*port, correction.apply(e))
+        })
+        .collect()
+}
+
 impl ConnectionSource for EbpfSource {
     fn kind(&self) -> SourceKind {
         SourceKind::Ebpf
     }
 
     fn read(&self, detail: Detail) -> Result<Reading, SourceError> {
-        let mut inner = lock(&self.inner);
-        self.drain_listeners(&mut inner)?;
+        let added = self.drain_listeners(&mut lock(&self.inner))?;
+        if !added.is_empty() {
+            // Their listener's own LISTEN event came before we followed
+            // them: only a snapshot can count it. Rare, so paid here.
+            if let Err(e) = self.refresh() {
+                warn!("seeding new listeners: {e}");
+            }
+        }
+        let inner = lock(&self.inner);
         let events = self.event_counts(&inner)?;
-        let mut reading: Reading = events
-            .iter()
-            .map(|(port, e)| {
-                let correction = inner.corrections.get(port).copied().unwrap_or_default();
-                (*port, correction.apply(e))
-            })
-            .collect();
+        let mut reading = current(&inner, &events);
         if detail.starts {
             let mut starts = sockets::starts_by_port(&inner.sockets)?;
             for (port, r) in reading.iter_mut() {
@@ -292,16 +308,22 @@ impl ConnectionSource for EbpfSource {
     }
 
     fn refresh(&self) -> Result<(), SourceError> {
+        let _one_at_a_time = lock(&self.refreshing);
         let (ports, before) = {
             let mut inner = lock(&self.inner);
             self.drain_listeners(&mut inner)?;
             (inner.follow.ports(), self.event_counts(&inner)?)
         };
         let started = boottime_ns();
-        let sockets = self.snapshots.snapshot(&SnapshotRequest {
-            ports: ports.clone(),
-            all_listeners: lock(&self.inner).follow.all_ports(),
-        })?;
+        let sockets = self
+            .snapshots
+            .snapshot(&SnapshotRequest {
+                ports: ports.clone(),
+                all_listeners: lock(&self.inner).follow.all_ports(),
+            })
+            .map_err(|e| SourceError::Snapshot {
+                source: Box::new(e),
+            })?;
         let mut inner = lock(&self.inner);
         let after = self.event_counts(&inner)?;
         let mut counted = snapshot::count(&sockets, &ports, &self.filter);
@@ -345,14 +367,8 @@ impl ConnectionSource for EbpfSource {
         inner.slots.recycle(&mut inner.counts)?;
         if inner.follow.all_ports() {
             let listening = snapshot::listening_ports(&sockets);
-            let now: Reading = after
-                .iter()
-                .map(|(p, e)| {
-                    let c = inner.corrections.get(p).copied().unwrap_or_default();
-                    (*p, c.apply(e))
-                })
-                .collect();
-            let (added, removed) = inner.follow.update(&listening, &now);
+            let now = current(inner, &after);
+            let (added, removed) = inner.follow.update(&listening, &now, &ports);
             for port in added {
                 self.follow(inner, port)?;
             }
@@ -361,6 +377,12 @@ impl ConnectionSource for EbpfSource {
             }
         }
         Ok(())
+    }
+
+    fn stop(&self) {
+        self.stopped.store(true, Ordering::Relaxed);
+        // Detaches the program; the maps stay readable but nothing feeds them.
+        drop(lock(&self.ebpf).take());
     }
 
     fn health(&self) -> SourceHealth {
@@ -379,42 +401,42 @@ impl ConnectionSource for EbpfSource {
 /// Waits on the `LISTENERS` ring buffer and follows new listeners as soon
 /// as the program reports them, then seeds them. Ends with the source.
 fn spawn_listener_watch(source: Weak<EbpfSource>) {
+    // A copy of the ring buffer's fd, ours for as long as the thread lives:
+    // the source's own may close (and its number be reused) meanwhile.
+    let fd = match source
+        .upgrade()
+        .map(|s| lock(&s.inner).listeners.as_fd().try_clone_to_owned())
+    {
+        Some(Ok(fd)) => fd,
+        Some(Err(e)) => {
+            warn!("cannot watch for new listeners ({e}); they are found once per tick");
+            return;
+        }
+        None => return,
+    };
     let spawned = std::thread::Builder::new()
         .name("listener-watch".into())
         .spawn(move || {
             loop {
-                let Some(strong) = source.upgrade() else {
-                    return;
-                };
-                let fd = lock(&strong.inner).listeners.as_raw_fd();
-                drop(strong);
                 let mut poll = libc::pollfd {
-                    fd,
+                    fd: fd.as_raw_fd(),
                     events: libc::POLLIN,
                     revents: 0,
                 };
-                // SAFETY: one valid pollfd; the fd stays open while any
-                // strong reference to the source lives, and at worst poll
-                // reports it invalid (POLLNVAL) and we loop to exit.
+                // SAFETY: one valid pollfd on an fd this thread owns.
                 let ready = unsafe { libc::poll(&mut poll, 1, 500) };
-                if ready <= 0 {
-                    continue;
-                }
                 let Some(strong) = source.upgrade() else {
                     return;
                 };
-                let added = {
-                    let mut inner = lock(&strong.inner);
-                    strong.drain_listeners(&mut inner)
-                };
-                match added {
-                    Ok(added) if !added.is_empty() => {
-                        if let Err(e) = strong.refresh() {
-                            warn!("seeding new listeners: {e}");
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) => warn!("following new listeners: {e}"),
+                if strong.stopped.load(Ordering::Relaxed) {
+                    return;
+                }
+                if ready <= 0 {
+                    continue;
+                }
+                // Reading drains the ring buffer and seeds what is new.
+                if let Err(e) = strong.read(Detail::default()) {
+                    warn!("following new listeners: {e}");
                 }
             }
         });

@@ -1,25 +1,28 @@
 //! Which slot of `PORT_COUNTS` each followed port uses. Ports come and go
-//! under `--all-ports`; a slot given up is zeroed and reused only a tick
-//! later, once no program run that looked it up can still be writing to it
-//! (runs last microseconds).
-use std::collections::BTreeMap;
+//! under `--all-ports`; a slot given up is zeroed and reused only after a
+//! grace period, once no program run that looked it up before the port was
+//! unfollowed can still be writing to it (runs last microseconds).
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
 
 use aya::maps::{Array, MapData, PerCpuArray, PerCpuValues};
 use spawner_sidecar_common::{MAX_PORTS, PortCounts};
 
+use super::map_error;
 use crate::source::SourceError;
+
+/// Far longer than any program run; short enough not to matter.
+const GRACE: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 pub struct Slots {
     by_port: BTreeMap<u16, u32>,
     /// Unused slots, zeroed.
     free: Vec<u32>,
-    /// Given up since the last tick: zeroed and freed at the next.
-    retiring: Vec<u32>,
-}
-
-fn map_error(map: &'static str) -> impl Fn(aya::maps::MapError) -> SourceError {
-    move |source| SourceError::Map { map, source }
+    /// Given up, and when: zeroed and freed once the grace period is over.
+    retiring: Vec<(u32, Instant)>,
 }
 
 impl Slots {
@@ -62,24 +65,29 @@ impl Slots {
         if let Some(slot) = self.by_port.remove(&port) {
             map.set(u32::from(port), 0, 0)
                 .map_err(map_error("PORT_SLOTS"))?;
-            self.retiring.push(slot);
+            self.retiring.push((slot, Instant::now()));
         }
         Ok(())
     }
 
-    /// Zeroes the slots given up before this tick and makes them reusable.
+    /// Zeroes the slots whose grace period is over and makes them reusable.
     pub fn recycle(
         &mut self,
         counts: &mut PerCpuArray<MapData, PortCounts>,
     ) -> Result<(), SourceError> {
-        if self.retiring.is_empty() {
+        let (ready, waiting): (Vec<_>, Vec<_>) = self
+            .retiring
+            .drain(..)
+            .partition(|(_, at)| at.elapsed() >= GRACE);
+        self.retiring = waiting;
+        if ready.is_empty() {
             return Ok(());
         }
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| SourceError::Io {
             path: "/sys/devices/system/cpu/possible",
             source: e,
         })?;
-        for slot in self.retiring.drain(..) {
+        for (slot, _) in ready {
             let zeroes =
                 PerCpuValues::try_from(vec![PortCounts::default(); cpus]).map_err(|e| {
                     SourceError::Unavailable {

@@ -44,15 +44,24 @@ pub fn starts_by_port(map: &SocketMap) -> Result<BTreeMap<u16, Vec<u64>>, Source
     Ok(starts)
 }
 
-/// The counted ESTABLISHED connections of `port` in a snapshot, by cookie.
-fn listed(sockets: &[SocketEntry], port: u16, filter: &PeerFilter) -> HashMap<u64, Family> {
-    sockets
-        .iter()
-        .filter(|s| {
-            s.port() == port && s.state == SocketState::Established && !filter.ignores(s.peer.ip())
-        })
-        .filter_map(|s| Some((s.cookie?, s.family)))
-        .collect()
+/// The counted ESTABLISHED connections of the `quiet` ports in a snapshot:
+/// port -> cookie -> family.
+fn listed(
+    sockets: &[SocketEntry],
+    quiet: &HashSet<u16>,
+    filter: &PeerFilter,
+) -> HashMap<u16, HashMap<u64, Family>> {
+    let mut listed: HashMap<u16, HashMap<u64, Family>> = HashMap::new();
+    for s in sockets {
+        if s.state == SocketState::Established
+            && quiet.contains(&s.port())
+            && !filter.ignores(s.peer.ip())
+            && let Some(cookie) = s.cookie
+        {
+            listed.entry(s.port()).or_default().insert(cookie, s.family);
+        }
+    }
+    listed
 }
 
 /// Makes the map agree with a snapshot for the `quiet` ports (no transition
@@ -70,22 +79,26 @@ pub fn reconcile(
         // A /proc snapshot has no cookies to match entries with.
         return Ok((0, 0));
     }
+    let quiet: HashSet<u16> = quiet.iter().copied().collect();
+    let listed = listed(sockets, &quiet, filter);
     let tracked = batch::read_all(map).map_err(io_error("SOCKETS"))?;
+    let known: HashSet<u64> = tracked.iter().map(|(cookie, _)| *cookie).collect();
     let mut removed = 0;
-    let mut added = 0;
-    for &port in quiet {
-        let listed = listed(sockets, port, filter);
-        let mut known = HashSet::new();
-        for (cookie, record) in tracked.iter().filter(|(_, r)| r.port == port) {
-            known.insert(*cookie);
-            if record.start_ns < snapshot_ns && !listed.contains_key(cookie) {
-                // Gone already is fine: the kernel removed it meanwhile.
-                if map.remove(cookie).is_ok() {
-                    removed += 1;
-                }
-            }
+    for (cookie, record) in &tracked {
+        if !quiet.contains(&record.port) || record.start_ns >= snapshot_ns {
+            continue;
         }
-        for (cookie, family) in listed.iter().filter(|(c, _)| !known.contains(*c)) {
+        let still_there = listed
+            .get(&record.port)
+            .is_some_and(|cookies| cookies.contains_key(cookie));
+        // Gone already is fine: the kernel removed it meanwhile.
+        if !still_there && map.remove(cookie).is_ok() {
+            removed += 1;
+        }
+    }
+    let mut added = 0;
+    for (&port, cookies) in &listed {
+        for (cookie, family) in cookies.iter().filter(|(c, _)| !known.contains(*c)) {
             let record = SocketRecord {
                 start_ns: now_ns,
                 port,
