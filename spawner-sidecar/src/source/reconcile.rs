@@ -75,6 +75,11 @@ pub enum Outcome {
 }
 
 impl Correction {
+    /// TIME_WAIT sockets of the port at the last snapshot, of any peer.
+    pub fn time_wait_total(&self) -> u64 {
+        self.time_wait.iter().sum::<u64>() + self.ignored_time_wait
+    }
+
     /// The port as the kernel has it now, given fresh event counts.
     pub fn apply(&self, events: &EventCounts) -> PortReading {
         let clamp = |v: i64| u64::try_from(v).unwrap_or(0);

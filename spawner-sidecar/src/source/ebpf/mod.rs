@@ -61,6 +61,46 @@ struct Inner {
     slots: Slots,
     corrections: BTreeMap<u16, Correction>,
     corrections_total: u64,
+    /// What the last snapshot established, to tell whether the next one
+    /// can teach anything (see `Inner::snapshot_needed`).
+    last_snapshot: Option<LastSnapshot>,
+}
+
+/// The state of things at the last snapshot.
+struct LastSnapshot {
+    at: Instant,
+    /// Per port, its transition counter, where the port was quiet.
+    transitions: BTreeMap<u16, u64>,
+    /// `STAT_LISTENERS_LOST` then.
+    listeners_lost: u64,
+}
+
+/// However quiet the ports, a snapshot at least this often: the safety net
+/// for events the kernel skipped (`recursion_misses`), which move no counter.
+const SNAPSHOT_AT_LEAST_EVERY: Duration = Duration::from_secs(60);
+
+impl Inner {
+    /// Whether a snapshot could change anything. It cannot when every port
+    /// was quiet and exact at the last one, had no TIME_WAIT then (a
+    /// TIME_WAIT socket appears only after a close, which is a transition),
+    /// and has had no transition since; nor could listeners have been
+    /// missed. This is what keeps an idle tracker's ticks from walking
+    /// every socket of a busy node.
+    fn snapshot_needed(&self, before: &BTreeMap<u16, EventCounts>) -> bool {
+        let Some(last) = &self.last_snapshot else {
+            return true;
+        };
+        if last.at.elapsed() >= SNAPSHOT_AT_LEAST_EVERY
+            || EbpfSource::stat(self, STAT_LISTENERS_LOST) != Some(last.listeners_lost)
+        {
+            return true;
+        }
+        self.corrections.iter().any(|(port, correction)| {
+            !correction.exact
+                || correction.time_wait_total() > 0
+                || before.get(port).map(|e| e.transitions) != last.transitions.get(port).copied()
+        })
+    }
 }
 
 pub struct EbpfSource {
@@ -138,6 +178,7 @@ impl EbpfSource {
                 slots: Slots::new(),
                 corrections: BTreeMap::new(),
                 corrections_total: 0,
+                last_snapshot: None,
             }),
             snapshots,
             filter: options.peers.clone(),
@@ -312,7 +353,13 @@ impl ConnectionSource for EbpfSource {
         let (ports, before) = {
             let mut inner = lock(&self.inner);
             self.drain_listeners(&mut inner)?;
-            (inner.follow.ports(), self.event_counts(&inner)?)
+            let before = self.event_counts(&inner)?;
+            if !inner.snapshot_needed(&before) {
+                let inner = &mut *inner;
+                inner.slots.recycle(&mut inner.counts)?;
+                return Ok(());
+            }
+            (inner.follow.ports(), before)
         };
         let started = boottime_ns();
         let sockets = self
@@ -353,6 +400,14 @@ impl ConnectionSource for EbpfSource {
             }
         }
         inner.corrections_total += corrected;
+        inner.last_snapshot = Some(LastSnapshot {
+            at: Instant::now(),
+            transitions: quiet
+                .iter()
+                .filter_map(|p| Some((*p, after.get(p)?.transitions)))
+                .collect(),
+            listeners_lost: Self::stat(&inner, STAT_LISTENERS_LOST).unwrap_or(0),
+        });
         sockets::reconcile(
             &mut inner.sockets,
             &sockets,
