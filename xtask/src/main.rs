@@ -32,9 +32,14 @@ enum Command {
     },
     /// Measure every source side by side and write BENCHMARKS.md
     Bench {
-        /// A reduced run (under 2 minutes) for development
+        /// A reduced run (under 2 minutes) for development; writes
+        /// target/bench/BENCHMARKS-quick.md, not BENCHMARKS.md
         #[arg(long)]
         quick: bool,
+        /// Run only these sections (repeat or comma-separate); the report then
+        /// goes to target/bench/BENCHMARKS-partial.md, not BENCHMARKS.md
+        #[arg(long, value_enum, value_delimiter = ',')]
+        only: Vec<bench::Section>,
     },
     /// Build, then run every test: unit, HTTP and black-box tests on the real kernel
     Test {
@@ -52,7 +57,9 @@ fn main() -> ExitCode {
         Command::Run { args } => setup::run()
             .and_then(|()| build::release())
             .and_then(|bin| build::run(&bin, &args)),
-        Command::Bench { quick } => setup::run().and_then(|()| bench::run(quick)),
+        Command::Bench { quick, only } => {
+            setup::run().and_then(|()| bench::run(bench::Options { quick, only }))
+        }
         Command::Test { args } => setup::run().and_then(|()| test::run(&args)),
     };
     match result {
