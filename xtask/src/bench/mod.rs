@@ -21,10 +21,12 @@ macro_rules! progress {
 }
 
 mod answer;
+mod freshness;
 mod http;
 mod kernel_path;
 mod netns;
 mod population;
+mod sockets;
 mod stats;
 mod targets;
 mod tracker;
@@ -50,6 +52,8 @@ pub enum Section {
     Answer,
     /// Connections/s on the kernel's TCP path: none, one and ten trackers
     KernelPath,
+    /// Connection established -> JSON shows it, per source
+    Freshness,
 }
 
 pub struct Options {
@@ -68,6 +72,9 @@ pub struct Plan {
     rounds: usize,
     loop_seconds: f64,
     trackers: usize,
+    freshness_samples: usize,
+    freshness_budget: Duration,
+    freshness_sockets: usize,
 }
 
 impl Plan {
@@ -81,6 +88,9 @@ impl Plan {
                 rounds: 3,
                 loop_seconds: 0.5,
                 trackers: 10,
+                freshness_samples: 50,
+                freshness_budget: Duration::from_secs(2),
+                freshness_sockets: 10_000,
             }
         } else {
             Plan {
@@ -91,6 +101,9 @@ impl Plan {
                 rounds: 5,
                 loop_seconds: 3.0,
                 trackers: 10,
+                freshness_samples: 200,
+                freshness_budget: Duration::from_secs(60),
+                freshness_sockets: 10_000,
             }
         }
     }
@@ -106,6 +119,7 @@ struct Results {
     answers: Vec<answer::AnswerCost>,
     baselines: Vec<answer::Baseline>,
     kernel_path: Option<kernel_path::KernelPath>,
+    freshness: Vec<freshness::Freshness>,
 }
 
 pub fn run(options: Options) -> anyhow::Result<()> {
@@ -132,6 +146,9 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     if wants(Section::Answer) {
         sizes.extend(&plan.sizes);
     }
+    if wants(Section::Freshness) {
+        sizes.push(plan.freshness_sockets);
+    }
     sizes.sort_unstable();
     sizes.dedup();
     for size in sizes {
@@ -148,6 +165,14 @@ pub fn run(options: Options) -> anyhow::Result<()> {
             results
                 .baselines
                 .push(answer::baseline(size, plan.baseline_runs())?);
+        }
+        if wants(Section::Freshness) && size == plan.freshness_sockets {
+            for source in SOURCES {
+                progress!("freshness: {size} sockets, source {source}");
+                results
+                    .freshness
+                    .push(freshness::measure(&bin, source, size, &plan)?);
+            }
         }
         drop(population);
     }
@@ -209,6 +234,10 @@ fn render(
     }
     if let Some(k) = &results.kernel_path {
         kernel_path::report(&mut out, k)?;
+        writeln!(out)?;
+    }
+    if !results.freshness.is_empty() {
+        freshness::report(&mut out, &results.freshness)?;
         writeln!(out)?;
     }
     targets::report(&mut out, results)?;
