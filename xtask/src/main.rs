@@ -40,6 +40,9 @@ enum Command {
         /// goes to target/bench/BENCHMARKS-partial.md, not BENCHMARKS.md
         #[arg(long, value_enum, value_delimiter = ',')]
         only: Vec<bench::Section>,
+        /// Minutes of churn in the soak [default: 30, or 0.75 with --quick]
+        #[arg(long, value_parser = parse_minutes)]
+        soak_minutes: Option<f64>,
     },
     /// Build, then run every test: unit, HTTP and black-box tests on the real kernel
     Test {
@@ -57,9 +60,17 @@ fn main() -> ExitCode {
         Command::Run { args } => setup::run()
             .and_then(|()| build::release())
             .and_then(|bin| build::run(&bin, &args)),
-        Command::Bench { quick, only } => {
-            setup::run().and_then(|()| bench::run(bench::Options { quick, only }))
-        }
+        Command::Bench {
+            quick,
+            only,
+            soak_minutes,
+        } => setup::run().and_then(|()| {
+            bench::run(bench::Options {
+                quick,
+                only,
+                soak_minutes,
+            })
+        }),
         Command::Test { args } => setup::run().and_then(|()| test::run(&args)),
     };
     match result {
@@ -68,5 +79,12 @@ fn main() -> ExitCode {
             eprintln!("xtask: error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn parse_minutes(value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(m) if m > 0.0 && m <= 24.0 * 60.0 => Ok(m),
+        _ => Err(format!("{value:?} is not a number of minutes in (0, 1440]")),
     }
 }

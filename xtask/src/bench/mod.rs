@@ -21,11 +21,13 @@ macro_rules! progress {
 }
 
 mod answer;
+mod churn;
 mod freshness;
 mod http;
 mod kernel_path;
 mod netns;
 mod population;
+mod soak;
 mod sockets;
 mod stats;
 mod targets;
@@ -54,12 +56,15 @@ pub enum Section {
     KernelPath,
     /// Connection established -> JSON shows it, per source
     Freshness,
+    /// Minutes of mixed churn, checkpoints against ss, RSS
+    Soak,
 }
 
 pub struct Options {
     pub quick: bool,
     /// Empty: every section.
     pub only: Vec<Section>,
+    pub soak_minutes: Option<f64>,
 }
 
 pub struct Plan {
@@ -75,6 +80,8 @@ pub struct Plan {
     freshness_samples: usize,
     freshness_budget: Duration,
     freshness_sockets: usize,
+    soak_minutes: f64,
+    soak_rate: f64,
 }
 
 impl Plan {
@@ -91,6 +98,8 @@ impl Plan {
                 freshness_samples: 50,
                 freshness_budget: Duration::from_secs(2),
                 freshness_sockets: 10_000,
+                soak_minutes: options.soak_minutes.unwrap_or(0.75),
+                soak_rate: 1_000.0,
             }
         } else {
             Plan {
@@ -104,6 +113,8 @@ impl Plan {
                 freshness_samples: 200,
                 freshness_budget: Duration::from_secs(60),
                 freshness_sockets: 10_000,
+                soak_minutes: options.soak_minutes.unwrap_or(30.0),
+                soak_rate: 1_000.0,
             }
         }
     }
@@ -120,6 +131,7 @@ struct Results {
     baselines: Vec<answer::Baseline>,
     kernel_path: Option<kernel_path::KernelPath>,
     freshness: Vec<freshness::Freshness>,
+    soak: Option<soak::Soak>,
 }
 
 pub fn run(options: Options) -> anyhow::Result<()> {
@@ -179,6 +191,9 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     if wants(Section::KernelPath) {
         results.kernel_path = Some(kernel_path::measure(&bin, &connloop, &plan)?);
     }
+    if wants(Section::Soak) {
+        results.soak = Some(soak::measure(&bin, &plan)?);
+    }
 
     let command = command_line(&options);
     let report = render(
@@ -214,7 +229,7 @@ fn render(
     if command.contains("--quick") {
         writeln!(
             out,
-            "**Quick run** (`--quick`, for development): fewer sizes, requests and rounds. Not a substitute for BENCHMARKS.md.\n"
+            "**Quick run** (`--quick`, for development): fewer sizes, requests, rounds and a short soak. Not a substitute for BENCHMARKS.md.\n"
         )?;
     }
     if partial {
@@ -238,6 +253,10 @@ fn render(
     }
     if !results.freshness.is_empty() {
         freshness::report(&mut out, &results.freshness)?;
+        writeln!(out)?;
+    }
+    if let Some(s) = &results.soak {
+        soak::report(&mut out, s)?;
         writeln!(out)?;
     }
     targets::report(&mut out, results)?;
@@ -279,6 +298,9 @@ fn command_line(options: &Options) -> String {
     if !options.only.is_empty() {
         command.push_str(" --only ");
         command.push_str(&names(&options.only));
+    }
+    if let Some(minutes) = options.soak_minutes {
+        command.push_str(&format!(" --soak-minutes {minutes}"));
     }
     command
 }

@@ -6,6 +6,10 @@ use std::{
     io::{BufRead as _, BufReader},
     path::Path,
     process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -16,9 +20,15 @@ use super::{
     netns::{in_netns, within_ns},
 };
 
+/// What the tracker logs when the reconcile had to repair the event counts
+/// (`spawner-sidecar/src/source/ebpf.rs`): a sign the kernel program missed
+/// events.
+const CORRECTION_LOG: &str = "corrected by snapshot";
+
 pub struct Tracker {
     child: Child,
     ns: String,
+    corrections: Arc<AtomicUsize>,
 }
 
 impl Tracker {
@@ -30,7 +40,8 @@ impl Tracker {
     }
 
     /// Starts a tracker in `ns` without waiting, so several can load their
-    /// programs at once. Its warnings and errors are echoed.
+    /// programs at once. It logs at info level so that snapshot corrections
+    /// can be counted; info lines are not echoed.
     pub fn spawn(bin: &Path, ns: &str, source: &str, refresh: &str) -> anyhow::Result<Tracker> {
         let mut child = in_netns(ns, bin)
             .args(["--source", source])
@@ -38,21 +49,29 @@ impl Tracker {
             .args(["--serve-address", "127.0.0.1"])
             .args(["--serve-port", &SERVE_PORT.to_string()])
             .args(["--refresh-rate-seconds", refresh])
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .context("starting the tracker")?;
         let stderr = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
+        let corrections = Arc::new(AtomicUsize::new(0));
+        let counter = corrections.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[tracker] {line}");
+                if line.contains(CORRECTION_LOG) {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+                if !line.contains(" INFO ") {
+                    eprintln!("[tracker] {line}");
+                }
             }
         });
         Ok(Tracker {
             child,
             ns: ns.to_string(),
+            corrections,
         })
     }
 
@@ -71,6 +90,11 @@ impl Tracker {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// How many times the tracker logged a snapshot correction so far.
+    pub fn corrections(&self) -> usize {
+        self.corrections.load(Ordering::Relaxed)
     }
 }
 
