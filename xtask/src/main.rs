@@ -44,6 +44,9 @@ enum Command {
         #[arg(long, value_parser = parse_minutes)]
         soak_minutes: Option<f64>,
     },
+    /// Internal to `bench`: one timing of the procfs crate, in the namespace it runs in
+    #[command(name = "procfs-count", hide = true)]
+    ProcfsCount,
     /// Build, then run every test: unit, HTTP and black-box tests on the real kernel
     Test {
         /// Extra arguments for the test binaries (e.g. a test name filter)
@@ -71,6 +74,7 @@ fn main() -> ExitCode {
                 soak_minutes,
             })
         }),
+        Command::ProcfsCount => bench::procfs_count(),
         Command::Test { args } => setup::run().and_then(|()| test::run(&args)),
     };
     match result {

@@ -27,6 +27,7 @@ mod http;
 mod kernel_path;
 mod netns;
 mod population;
+mod procfs_parse;
 mod soak;
 mod sockets;
 mod stats;
@@ -58,6 +59,8 @@ pub enum Section {
     Freshness,
     /// Minutes of mixed churn, checkpoints against ss, RSS
     Soak,
+    /// Our /proc/net/tcp parser vs the procfs crate
+    Procfs,
 }
 
 pub struct Options {
@@ -82,6 +85,8 @@ pub struct Plan {
     freshness_sockets: usize,
     soak_minutes: f64,
     soak_rate: f64,
+    procfs_sizes: Vec<usize>,
+    procfs_runs: usize,
 }
 
 impl Plan {
@@ -100,6 +105,8 @@ impl Plan {
                 freshness_sockets: 10_000,
                 soak_minutes: options.soak_minutes.unwrap_or(0.75),
                 soak_rate: 1_000.0,
+                procfs_sizes: vec![10_000],
+                procfs_runs: 10,
             }
         } else {
             Plan {
@@ -115,6 +122,8 @@ impl Plan {
                 freshness_sockets: 10_000,
                 soak_minutes: options.soak_minutes.unwrap_or(30.0),
                 soak_rate: 1_000.0,
+                procfs_sizes: vec![10_000, 100_000],
+                procfs_runs: 30,
             }
         }
     }
@@ -132,7 +141,10 @@ struct Results {
     kernel_path: Option<kernel_path::KernelPath>,
     freshness: Vec<freshness::Freshness>,
     soak: Option<soak::Soak>,
+    parse: Vec<procfs_parse::ParseCost>,
 }
+
+pub use procfs_parse::count_command as procfs_count;
 
 pub fn run(options: Options) -> anyhow::Result<()> {
     STARTED.get_or_init(std::time::Instant::now);
@@ -148,6 +160,11 @@ pub fn run(options: Options) -> anyhow::Result<()> {
 
     let bin = build::release()?;
     let (holder, connloop) = build_helpers()?;
+    let counter = if wants(Section::Procfs) {
+        Some(build_counter()?)
+    } else {
+        None
+    };
     let machine = machine_line();
     let started = now_utc();
     let _ns = Netns::create(NETNS)?;
@@ -157,6 +174,9 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     let mut sizes: Vec<usize> = Vec::new();
     if wants(Section::Answer) {
         sizes.extend(&plan.sizes);
+    }
+    if wants(Section::Procfs) {
+        sizes.extend(&plan.procfs_sizes);
     }
     if wants(Section::Freshness) {
         sizes.push(plan.freshness_sockets);
@@ -177,6 +197,17 @@ pub fn run(options: Options) -> anyhow::Result<()> {
             results
                 .baselines
                 .push(answer::baseline(size, plan.baseline_runs())?);
+        }
+        if let Some(counter) = &counter
+            && plan.procfs_sizes.contains(&size)
+        {
+            progress!("/proc parsers: {size} sockets, ours vs procfs");
+            results.parse.push(procfs_parse::measure(
+                &bin,
+                counter,
+                size,
+                plan.procfs_runs,
+            )?);
         }
         if wants(Section::Freshness) && size == plan.freshness_sockets {
             for source in SOURCES {
@@ -241,7 +272,7 @@ fn render(
     }
     writeln!(
         out,
-        "The machine is shared (other builds and tests may run at the same time), so absolute figures are noisy; ratios of runs interleaved in one run (B/A, C/A) are the steadier ones.\n"
+        "The machine is shared (other builds and tests may run at the same time), so absolute figures are noisy; ratios of runs interleaved in one run (B/A, C/A, ours vs procfs) are the steadier ones.\n"
     )?;
     if !results.answers.is_empty() {
         answer::report(&mut out, plan, &results.answers, &results.baselines)?;
@@ -257,6 +288,10 @@ fn render(
     }
     if let Some(s) = &results.soak {
         soak::report(&mut out, s)?;
+        writeln!(out)?;
+    }
+    if !results.parse.is_empty() {
+        procfs_parse::report(&mut out, &results.parse)?;
         writeln!(out)?;
     }
     targets::report(&mut out, results)?;
@@ -288,6 +323,17 @@ fn build_helpers() -> anyhow::Result<(PathBuf, PathBuf)> {
         "compiling connloop.c",
     )?;
     Ok((holder, connloop))
+}
+
+/// A release build of xtask itself, for `xtask procfs-count` (see
+/// `procfs_parse::count_in_child`).
+fn build_counter() -> anyhow::Result<PathBuf> {
+    progress!("building xtask in release for the procfs comparison");
+    run_checked(
+        build::cargo().args(["build", "--release", "--package", "xtask"]),
+        "building xtask --release",
+    )?;
+    Ok(target_dir().join("release/xtask"))
 }
 
 fn command_line(options: &Options) -> String {
