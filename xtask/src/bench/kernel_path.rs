@@ -72,6 +72,9 @@ pub struct KernelPath {
     /// Connections the stats runs of B made, to turn events into events
     /// per connection.
     pub b_stats_connections: f64,
+    /// Trackers of other people on this shared host, before and after the
+    /// rounds: their programs run on our loop's events in A, B and C alike.
+    pub foreign_trackers: (usize, usize),
 }
 
 impl KernelPath {
@@ -135,6 +138,7 @@ pub fn measure(bin: &Path, loop_bin: &Path, plan: &Plan) -> anyhow::Result<Kerne
         c_followed: ProgCost::default(),
         c_others: ProgCost::default(),
         b_stats_connections: 0.0,
+        foreign_trackers: (running_trackers(), 0),
     };
     for round in 0..plan.rounds {
         progress!(
@@ -170,6 +174,7 @@ pub fn measure(bin: &Path, loop_bin: &Path, plan: &Plan) -> anyhow::Result<Kerne
         drop(ten);
         result.rounds.push(Round { a, b, c });
     }
+    result.foreign_trackers.1 = running_trackers();
     result.b_over_a = median(result.rounds.iter().map(|r| r.b / r.a).collect());
     result.c_over_a = median(result.rounds.iter().map(|r| r.c / r.a).collect());
     Ok(result)
@@ -205,6 +210,19 @@ fn with_stats(
     Ok((costs, rate?))
 }
 
+/// spawner-sidecar processes on the host; called while none of ours runs.
+fn running_trackers() -> usize {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| {
+            fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == "spawner-sidecar")
+        })
+        .count()
+}
+
 fn connloop(connloop: &Path, seconds: f64) -> anyhow::Result<f64> {
     let out = in_netns(NETNS, connloop)
         .args([MONITOR_PORT.to_string(), seconds.to_string()])
@@ -227,6 +245,11 @@ pub fn report(out: &mut String, k: &KernelPath) -> fmt::Result {
         k.loop_seconds,
         k.trackers,
         k.trackers - 1
+    )?;
+    writeln!(
+        out,
+        "Other spawner-sidecar processes on this shared host (other developers' tests), whose programs run on the loop's events in A, B and C alike: {} before the rounds, {} after.\n",
+        k.foreign_trackers.0, k.foreign_trackers.1
     )?;
     writeln!(
         out,
