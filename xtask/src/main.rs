@@ -32,10 +32,21 @@ enum Command {
     },
     /// Measure every source side by side and write BENCHMARKS.md
     Bench {
-        /// A reduced run (under 2 minutes) for development
+        /// A reduced run (under 2 minutes) for development; writes
+        /// target/bench/BENCHMARKS-quick.md, not BENCHMARKS.md
         #[arg(long)]
         quick: bool,
+        /// Run only these sections (repeat or comma-separate); the report then
+        /// goes to target/bench/BENCHMARKS-partial.md, not BENCHMARKS.md
+        #[arg(long, value_enum, value_delimiter = ',')]
+        only: Vec<bench::Section>,
+        /// Minutes of churn in the soak [default: 30, or 0.75 with --quick]
+        #[arg(long, value_parser = parse_minutes)]
+        soak_minutes: Option<f64>,
     },
+    /// Internal to `bench`: one timing of the procfs crate, in the namespace it runs in
+    #[command(name = "procfs-count", hide = true)]
+    ProcfsCount,
     /// Build, then run every test: unit, HTTP and black-box tests on the real kernel
     Test {
         /// Extra arguments for the test binaries (e.g. a test name filter)
@@ -52,7 +63,18 @@ fn main() -> ExitCode {
         Command::Run { args } => setup::run()
             .and_then(|()| build::release())
             .and_then(|bin| build::run(&bin, &args)),
-        Command::Bench { quick } => setup::run().and_then(|()| bench::run(quick)),
+        Command::Bench {
+            quick,
+            only,
+            soak_minutes,
+        } => setup::run().and_then(|()| {
+            bench::run(bench::Options {
+                quick,
+                only,
+                soak_minutes,
+            })
+        }),
+        Command::ProcfsCount => bench::procfs_count(),
         Command::Test { args } => setup::run().and_then(|()| test::run(&args)),
     };
     match result {
@@ -61,5 +83,12 @@ fn main() -> ExitCode {
             eprintln!("xtask: error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn parse_minutes(value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(m) if m > 0.0 && m <= 24.0 * 60.0 => Ok(m),
+        _ => Err(format!("{value:?} is not a number of minutes in (0, 1440]")),
     }
 }

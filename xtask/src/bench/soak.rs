@@ -1,0 +1,256 @@
+//! Section "soak": the eBPF tracker under mixed churn for many minutes,
+//! paused at checkpoints to compare its JSON with `ss` and to read its RSS.
+//!
+//! At a checkpoint the churn has stopped, so established and listening
+//! sockets no longer change and must match `ss` exactly. TIME_WAIT keeps
+//! expiring while paused, and the eBPF source takes it from a snapshot once
+//! per tick, so it is compared with a bracket instead: `ss` before waiting
+//! two ticks, and `ss` after the answer. With no new closes, the count can
+//! only fall, so any snapshot taken in between lies inside the bracket.
+use std::{
+    fmt::{self, Write as _},
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use super::{
+    MONITOR_PORT, Plan, SERVE_PORT,
+    churn::{Churn, Mix},
+    http::{self, Status},
+    netns::{NETNS, within},
+    tracker::{Tracker, cpu_ns, memory_mb},
+};
+
+const REFRESH_SECONDS: u64 = 1;
+/// Long-lived connections opened before the churn starts.
+const HELD_AT_START: usize = 20;
+/// Lifecycles on loopback finish within the call; this is margin.
+const SETTLE: Duration = Duration::from_millis(300);
+
+pub struct Checkpoint {
+    pub minute: f64,
+    pub lifecycles: u64,
+    pub rate: f64,
+    pub held: usize,
+    pub ss_established: u64,
+    pub ss_time_wait: (u64, u64),
+    pub ss_listening: bool,
+    pub got: Status,
+    pub rss_mb: f64,
+    pub cpu_percent: f64,
+    pub corrections: usize,
+}
+
+impl Checkpoint {
+    pub fn active_drift(&self) -> i64 {
+        self.got.active as i64 - self.ss_established as i64
+    }
+
+    /// Distance of the tracker's TIME_WAIT count from the `ss` bracket.
+    pub fn waiting_drift(&self) -> i64 {
+        let (low, high) = self.ss_time_wait;
+        let w = self.got.waiting;
+        if w < low {
+            w as i64 - low as i64
+        } else if w > high {
+            w as i64 - high as i64
+        } else {
+            0
+        }
+    }
+
+    pub fn exact(&self) -> bool {
+        self.active_drift() == 0
+            && self.waiting_drift() == 0
+            && self.got.listening == self.ss_listening
+    }
+}
+
+pub struct Soak {
+    pub minutes: f64,
+    pub every_minutes: f64,
+    pub rate: f64,
+    pub checkpoints: Vec<Checkpoint>,
+    pub mix: Mix,
+}
+
+impl Soak {
+    /// RSS at the last checkpoint minus at the first one under churn (the
+    /// start-up checkpoint precedes the first allocations for traffic).
+    pub fn rss_growth_mb(&self) -> f64 {
+        match (self.checkpoints.get(1), self.checkpoints.last()) {
+            (Some(first), Some(last)) => last.rss_mb - first.rss_mb,
+            _ => f64::NAN,
+        }
+    }
+}
+
+pub fn measure(bin: &Path, plan: &Plan) -> anyhow::Result<Soak> {
+    let mut churn = within(|| {
+        let mut churn = Churn::new()?;
+        churn.open_held(HELD_AT_START)?;
+        Ok(churn)
+    })?;
+    let tracker = Tracker::start(bin, NETNS, "ebpf", &REFRESH_SECONDS.to_string())?;
+    let pid = tracker.pid();
+    let every = plan.soak_minutes.min(5.0) / if plan.soak_minutes < 15.0 { 3.0 } else { 1.0 };
+    let segments = (plan.soak_minutes / every).round().max(1.0) as usize;
+    let started = Instant::now();
+    let mut checkpoints = vec![checkpoint(&tracker, &churn, 0.0, f64::NAN, 0.0)?];
+    for segment in 0..segments {
+        progress!(
+            "soak segment {}/{segments}: {:.2} min of churn at {:.0} connections/s",
+            segment + 1,
+            every,
+            plan.soak_rate
+        );
+        let cpu_before = cpu_ns(pid)?;
+        let wall = Instant::now();
+        let rate = plan.soak_rate;
+        let (back, achieved) = within(move || {
+            let achieved = churn.segment(Duration::from_secs_f64(every * 60.0), rate)?;
+            Ok((churn, achieved))
+        })?;
+        churn = back;
+        std::thread::sleep(SETTLE);
+        let cpu = (cpu_ns(pid)? - cpu_before) as f64 / wall.elapsed().as_secs_f64() / 1e7;
+        let minute = started.elapsed().as_secs_f64() / 60.0;
+        let c = checkpoint(&tracker, &churn, minute, achieved, cpu)?;
+        progress!(
+            "checkpoint: tracker {:?}, ss established {} time-wait {:?} listening {}, RSS {:.1} MB",
+            c.got,
+            c.ss_established,
+            c.ss_time_wait,
+            c.ss_listening,
+            c.rss_mb
+        );
+        checkpoints.push(c);
+    }
+    Ok(Soak {
+        minutes: plan.soak_minutes,
+        every_minutes: every,
+        rate: plan.soak_rate,
+        checkpoints,
+        mix: churn.mix,
+    })
+}
+
+fn checkpoint(
+    tracker: &Tracker,
+    churn: &Churn,
+    minute: f64,
+    rate: f64,
+    cpu_percent: f64,
+) -> anyhow::Result<Checkpoint> {
+    let time_wait_high = ss_count("time-wait")?;
+    // Two ticks and a margin: at least one snapshot falls after the first ss.
+    std::thread::sleep(Duration::from_millis(2_200 * REFRESH_SECONDS));
+    let established = ss_count("established")?;
+    let listening = ss_count("listening")?;
+    let got = within(|| http::get_once(SERVE_PORT))?;
+    let established_after = ss_count("established")?;
+    let time_wait_low = ss_count("time-wait")?;
+    if established != established_after {
+        bail!(
+            "established sockets changed during a checkpoint: {established} -> {established_after}"
+        );
+    }
+    Ok(Checkpoint {
+        minute,
+        lifecycles: churn.mix.total(),
+        rate,
+        held: churn.held(),
+        ss_established: established,
+        ss_time_wait: (time_wait_low, time_wait_high),
+        ss_listening: listening > 0,
+        got,
+        rss_mb: memory_mb(tracker.pid(), "VmRSS:")?,
+        cpu_percent,
+        corrections: tracker.corrections(),
+    })
+}
+
+/// Sockets on the monitored port in `state`, by `ss` in the bench namespace.
+fn ss_count(state: &str) -> anyhow::Result<u64> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", NETNS, "ss", "-Htan", "state", state])
+        .arg(format!("( sport = :{MONITOR_PORT} )"))
+        .output()
+        .context("running ss")?;
+    if !out.status.success() {
+        bail!("ss failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(out
+        .stdout
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .count() as u64)
+}
+
+pub fn report(out: &mut String, s: &Soak) -> fmt::Result {
+    writeln!(
+        out,
+        "## 4. Soak: {} minutes of mixed churn on the eBPF source\n",
+        s.minutes
+    )?;
+    writeln!(
+        out,
+        "Target {:.0} connections/s on the monitored port, each ending one of: client closes first (1/5), server closes first, so TIME_WAIT on the monitored port (2/5), client RST (1/5), server RST (1/5); plus {HELD_AT_START} long-lived connections at the start, of which the 5 oldest close and 10 new open in every segment. Tracker at `--refresh-rate-seconds {REFRESH_SECONDS}`. Every {:.2} minutes the churn pauses and the JSON is compared with `ss` in the same namespace: established and listening exactly; TIME_WAIT within the bracket [`ss` after the answer, `ss` two ticks before it], because it keeps expiring during the pause and the eBPF source takes it from its once-per-tick snapshot.\n",
+        s.rate, s.every_minutes
+    )?;
+    writeln!(
+        out,
+        "| minute | lifecycles so far | achieved rate | held | active (tracker / ss) | waiting (tracker / ss bracket) | listening (tracker / ss) | drift | tracker VmRSS | tracker CPU in segment | snapshot corrections so far |"
+    )?;
+    writeln!(
+        out,
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    )?;
+    for c in &s.checkpoints {
+        let rate = if c.rate.is_nan() {
+            "-".to_string()
+        } else {
+            format!("{:.0}/s", c.rate)
+        };
+        writeln!(
+            out,
+            "| {:.1} | {} | {rate} | {} | {} / {} | {} / [{}, {}] | {} / {} | {} | {:.1} MB | {:.2} % | {} |",
+            c.minute,
+            c.lifecycles,
+            c.held,
+            c.got.active,
+            c.ss_established,
+            c.got.waiting,
+            c.ss_time_wait.0,
+            c.ss_time_wait.1,
+            c.got.listening,
+            c.ss_listening,
+            if c.exact() {
+                "0".to_string()
+            } else {
+                format!(
+                    "active {:+}, waiting {:+}",
+                    c.active_drift(),
+                    c.waiting_drift()
+                )
+            },
+            c.rss_mb,
+            c.cpu_percent,
+            c.corrections
+        )?;
+    }
+    let m = &s.mix;
+    writeln!(
+        out,
+        "\nLifecycles: {} client-first, {} server-first, {} client RST, {} server RST; {} failed to connect or accept. RSS growth from the first checkpoint under churn to the last: {:+.0} kB. *Snapshot corrections* counts the tracker's `event counts corrected by snapshot` log lines: the per-tick reconcile repairing counts the kernel program got wrong; 0 means the events alone were exact, which the checkpoints could not show by themselves.",
+        m.client_first,
+        m.server_first,
+        m.client_rst,
+        m.server_rst,
+        m.failed,
+        s.rss_growth_mb() * 1024.0
+    )
+}
