@@ -36,6 +36,8 @@ pub struct AnswerCost {
     /// One HTTP/1.1 connection reused for every request.
     pub keep_alive: StyleCost,
     pub peak_rss_mb: f64,
+    /// VmRSS after the requests: what the tracker holds once started.
+    pub rss_mb: f64,
     pub idle_cpu_percent: f64,
 }
 
@@ -65,6 +67,7 @@ pub fn measure(
     let fresh = requests(tracker.pid(), plan, Style::Fresh)?;
     let keep_alive = requests(tracker.pid(), plan, Style::KeepAlive)?;
     let peak_rss_mb = memory_mb(tracker.pid(), "VmHWM:")?;
+    let rss_mb = memory_mb(tracker.pid(), "VmRSS:")?;
     drop(tracker);
 
     let ticking = Tracker::start(bin, NETNS, source, "1")?;
@@ -77,6 +80,7 @@ pub fn measure(
         fresh,
         keep_alive,
         peak_rss_mb,
+        rss_mb,
         idle_cpu_percent: idle as f64 / (plan.idle_seconds as f64 * 1e9) * 100.0,
     })
 }
@@ -184,19 +188,23 @@ pub fn report(
     )?;
     writeln!(
         out,
-        "| sockets in namespace | source | p50 latency | p99 latency | tracker CPU per request | peak RSS | idle CPU at 1 s refresh |"
+        "| sockets in namespace | source | p50 latency | p99 latency | tracker CPU per request | peak RSS | RSS after | idle CPU at 1 s refresh |"
     )?;
-    writeln!(out, "| ---: | --- | ---: | ---: | ---: | ---: | ---: |")?;
+    writeln!(
+        out,
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+    )?;
     for r in rows {
         writeln!(
             out,
-            "| {} | {} | {:.3} ms | {:.3} ms | {:.3} ms | {:.1} MB | {:.2} % |",
+            "| {} | {} | {:.3} ms | {:.3} ms | {:.3} ms | {:.1} MB | {:.1} MB | {:.2} % |",
             r.sockets,
             r.source,
             r.fresh.p50_ms,
             r.fresh.p99_ms,
             r.fresh.cpu_ms_per_request,
             r.peak_rss_mb,
+            r.rss_mb,
             r.idle_cpu_percent
         )?;
     }
@@ -257,7 +265,7 @@ pub fn report(
     )?;
     writeln!(
         out,
-        "- *peak RSS*: VmHWM of that tracker after all its requests."
+        "- *peak RSS*: VmHWM of that tracker after all its requests (its highest resident size, reached while loading); *RSS after*: its VmRSS then, what it holds once started (heap and the pages of its own binary it has touched)."
     )?;
     writeln!(
         out,
