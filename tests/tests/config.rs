@@ -30,18 +30,22 @@ impl Drop for TempFile {
     }
 }
 
+/// The followed ports, sorted: a JSON object's keys have no order.
 fn followed(status: &Value) -> Vec<u16> {
-    status["ports"]
+    let mut ports: Vec<u16> = status["ports"]
         .as_object()
         .unwrap()
         .keys()
         .map(|k| k.parse().unwrap())
-        .collect()
+        .collect();
+    ports.sort_unstable();
+    ports
 }
 
 #[test]
 fn precedence_is_flag_then_environment_then_file_then_default() {
     let (a, b, c) = (free_port(), free_port(), free_port());
+    let (a, b) = (a.min(b), a.max(b));
     let file = TempFile::new(
         "layers.toml",
         &format!("monitor_port = [{a}, {b}]\nsource = \"proc\"\nmin_connection_age = 3\n"),
