@@ -69,7 +69,8 @@ struct Inner {
 /// The state of things at the last snapshot.
 struct LastSnapshot {
     at: Instant,
-    /// Per port, its transition counter, where the port was quiet.
+    /// Per port, its transition counter, where the port was quiet and the
+    /// snapshot confirmed the correction the one before it had set.
     transitions: BTreeMap<u16, u64>,
     /// `STAT_LISTENERS_LOST` then.
     listeners_lost: u64,
@@ -81,7 +82,8 @@ const SNAPSHOT_AT_LEAST_EVERY: Duration = Duration::from_secs(60);
 
 impl Inner {
     /// Whether a snapshot could change anything. It cannot when every port
-    /// was quiet and exact at the last one, had no TIME_WAIT then (a
+    /// was quiet and exact at the last one, with the correction the one
+    /// before had set (`LastSnapshot::transitions`), had no TIME_WAIT then (a
     /// TIME_WAIT socket appears only after a close, which is a transition),
     /// and has had no transition since; nor could listeners have been
     /// missed. This is what keeps an idle tracker's ticks from walking
@@ -381,6 +383,12 @@ impl ConnectionSource for EbpfSource {
             }
         }
         let mut quiet = Vec::new();
+        // Quiet ports whose correction this snapshot confirmed unchanged.
+        // Only those may skip later snapshots: a correction computed while
+        // a close was half done (the program has counted it, the socket's
+        // state is stored just after) is off by one, and must meet a second
+        // snapshot before the tracker stops looking.
+        let mut stable = Vec::new();
         let mut corrected = 0;
         for (port, correction) in inner.corrections.iter_mut() {
             let (Some(b), Some(s), Some(a)) =
@@ -388,9 +396,13 @@ impl ConnectionSource for EbpfSource {
             else {
                 continue;
             };
+            let previous = *correction;
             match correction.update(b, s, a) {
                 Outcome::Reconciled { drift } => {
                     quiet.push(*port);
+                    if *correction == previous {
+                        stable.push(*port);
+                    }
                     if drift {
                         info!(port, "event counts corrected by snapshot");
                         corrected += 1;
@@ -402,7 +414,7 @@ impl ConnectionSource for EbpfSource {
         inner.corrections_total += corrected;
         inner.last_snapshot = Some(LastSnapshot {
             at: Instant::now(),
-            transitions: quiet
+            transitions: stable
                 .iter()
                 .filter_map(|p| Some((*p, after.get(p)?.transitions)))
                 .collect(),
