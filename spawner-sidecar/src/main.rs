@@ -9,6 +9,7 @@ mod hooks;
 mod http;
 mod kernel_btf;
 mod lock;
+mod malloc;
 mod metrics;
 mod source;
 mod status;
@@ -27,6 +28,7 @@ use crate::{
 };
 
 fn main() -> ExitCode {
+    malloc::tune();
     let cli = match config::parse(std::env::args_os().collect()) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
