@@ -11,6 +11,10 @@ use std::{
     fmt::{self, Write as _},
     path::Path,
     process::Command,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -21,7 +25,7 @@ use super::{
     churn::{Churn, Mix},
     http::{self, Status},
     netns::{NETNS, within},
-    tracker::{Tracker, cpu_ns, memory_mb},
+    tracker::{Tracker, cpu_ns, memory_kb},
 };
 
 const REFRESH_SECONDS: u64 = 1;
@@ -29,6 +33,9 @@ const REFRESH_SECONDS: u64 = 1;
 const HELD_AT_START: usize = 20;
 /// Lifecycles on loopback finish within the call; this is margin.
 const SETTLE: Duration = Duration::from_millis(300);
+/// How often the tracker's RSS is read while the churn runs: checkpoints
+/// alone cannot tell a plateau reached early from a slow climb.
+const RSS_EVERY: Duration = Duration::from_secs(10);
 
 pub struct Checkpoint {
     pub minute: f64,
@@ -39,7 +46,10 @@ pub struct Checkpoint {
     pub ss_time_wait: (u64, u64),
     pub ss_listening: bool,
     pub got: Status,
-    pub rss_mb: f64,
+    pub rss_kb: u64,
+    /// Lowest and highest VmRSS sampled during the segment before this
+    /// checkpoint (none for the start-up checkpoint).
+    pub rss_range_kb: Option<(u64, u64)>,
     pub cpu_percent: f64,
     pub corrections: usize,
 }
@@ -80,11 +90,77 @@ pub struct Soak {
 impl Soak {
     /// RSS at the last checkpoint minus at the first one under churn (the
     /// start-up checkpoint precedes the first allocations for traffic).
-    pub fn rss_growth_mb(&self) -> f64 {
+    pub fn rss_growth_kb(&self) -> f64 {
         match (self.checkpoints.get(1), self.checkpoints.last()) {
-            (Some(first), Some(last)) => last.rss_mb - first.rss_mb,
+            (Some(first), Some(last)) => last.rss_kb as f64 - first.rss_kb as f64,
             _ => f64::NAN,
         }
+    }
+
+    /// RSS at the last checkpoint minus at the one halfway through: zero
+    /// means the growth, if any, stopped in the first half (a plateau).
+    pub fn second_half_growth_kb(&self) -> f64 {
+        let Some(last) = self.checkpoints.last() else {
+            return f64::NAN;
+        };
+        match self
+            .checkpoints
+            .iter()
+            .skip(1)
+            .find(|c| c.minute >= last.minute / 2.0 - 0.5)
+        {
+            Some(half) if half.minute < last.minute => last.rss_kb as f64 - half.rss_kb as f64,
+            _ => f64::NAN,
+        }
+    }
+
+    /// The minute of the halfway checkpoint `second_half_growth_kb` uses.
+    pub fn halfway_minute(&self) -> f64 {
+        let last = self.checkpoints.last().map_or(0.0, |c| c.minute);
+        self.checkpoints
+            .iter()
+            .skip(1)
+            .find(|c| c.minute >= last / 2.0 - 0.5)
+            .map_or(f64::NAN, |c| c.minute)
+    }
+}
+
+/// Reads the tracker's VmRSS every `RSS_EVERY` on its own thread until
+/// dropped; `take` hands over the samples since the last call.
+struct RssSampler {
+    samples: Arc<Mutex<Vec<u64>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl RssSampler {
+    fn start(pid: u32) -> RssSampler {
+        let samples = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (into, stopped) = (samples.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stopped.load(Ordering::Relaxed) {
+                // A failed read means the tracker is gone; the checkpoint
+                // reports that with a proper error.
+                if let Ok(kb) = memory_kb(pid, "VmRSS:")
+                    && let Ok(mut v) = into.lock()
+                {
+                    v.push(kb);
+                }
+                std::thread::sleep(RSS_EVERY);
+            }
+        });
+        RssSampler { samples, stop }
+    }
+
+    fn take(&self) -> Option<(u64, u64)> {
+        let taken = std::mem::take(&mut *self.samples.lock().ok()?);
+        Some((*taken.iter().min()?, *taken.iter().max()?))
+    }
+}
+
+impl Drop for RssSampler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 
@@ -99,7 +175,7 @@ pub fn measure(bin: &Path, plan: &Plan) -> anyhow::Result<Soak> {
     let every = plan.soak_minutes.min(5.0) / if plan.soak_minutes < 15.0 { 3.0 } else { 1.0 };
     let segments = (plan.soak_minutes / every).round().max(1.0) as usize;
     let started = Instant::now();
-    let mut checkpoints = vec![checkpoint(&tracker, &churn, 0.0, f64::NAN, 0.0)?];
+    let mut checkpoints = vec![checkpoint(&tracker, &churn, 0.0, f64::NAN, 0.0, None)?];
     for segment in 0..segments {
         progress!(
             "soak segment {}/{segments}: {:.2} min of churn at {:.0} connections/s",
@@ -109,23 +185,27 @@ pub fn measure(bin: &Path, plan: &Plan) -> anyhow::Result<Soak> {
         );
         let cpu_before = cpu_ns(pid)?;
         let wall = Instant::now();
+        let sampler = RssSampler::start(pid);
         let rate = plan.soak_rate;
         let (back, achieved) = within(move || {
             let achieved = churn.segment(Duration::from_secs_f64(every * 60.0), rate)?;
             Ok((churn, achieved))
         })?;
         churn = back;
+        let range = sampler.take();
+        drop(sampler);
         std::thread::sleep(SETTLE);
         let cpu = (cpu_ns(pid)? - cpu_before) as f64 / wall.elapsed().as_secs_f64() / 1e7;
         let minute = started.elapsed().as_secs_f64() / 60.0;
-        let c = checkpoint(&tracker, &churn, minute, achieved, cpu)?;
+        let c = checkpoint(&tracker, &churn, minute, achieved, cpu, range)?;
         progress!(
-            "checkpoint: tracker {:?}, ss established {} time-wait {:?} listening {}, RSS {:.1} MB",
+            "checkpoint: tracker {:?}, ss established {} time-wait {:?} listening {}, RSS {} kB (segment {:?})",
             c.got,
             c.ss_established,
             c.ss_time_wait,
             c.ss_listening,
-            c.rss_mb
+            c.rss_kb,
+            c.rss_range_kb
         );
         checkpoints.push(c);
     }
@@ -144,6 +224,7 @@ fn checkpoint(
     minute: f64,
     rate: f64,
     cpu_percent: f64,
+    rss_range_kb: Option<(u64, u64)>,
 ) -> anyhow::Result<Checkpoint> {
     let time_wait_high = ss_count("time-wait")?;
     // Two ticks and a margin: at least one snapshot falls after the first ss.
@@ -167,7 +248,8 @@ fn checkpoint(
         ss_time_wait: (time_wait_low, time_wait_high),
         ss_listening: listening > 0,
         got,
-        rss_mb: memory_mb(tracker.pid(), "VmRSS:")?,
+        rss_kb: memory_kb(tracker.pid(), "VmRSS:")?,
+        rss_range_kb,
         cpu_percent,
         corrections: tracker.corrections(),
     })
@@ -203,11 +285,11 @@ pub fn report(out: &mut String, s: &Soak) -> fmt::Result {
     )?;
     writeln!(
         out,
-        "| minute | lifecycles so far | achieved rate | held | active (tracker / ss) | waiting (tracker / ss bracket) | listening (tracker / ss) | drift | tracker VmRSS | tracker CPU in segment | snapshot corrections so far |"
+        "| minute | lifecycles so far | achieved rate | held | active (tracker / ss) | waiting (tracker / ss bracket) | listening (tracker / ss) | drift | tracker VmRSS | VmRSS during the segment (min - max) | tracker CPU in segment | snapshot corrections so far |"
     )?;
     writeln!(
         out,
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     )?;
     for c in &s.checkpoints {
         let rate = if c.rate.is_nan() {
@@ -217,7 +299,7 @@ pub fn report(out: &mut String, s: &Soak) -> fmt::Result {
         };
         writeln!(
             out,
-            "| {:.1} | {} | {rate} | {} | {} / {} | {} / [{}, {}] | {} / {} | {} | {:.1} MB | {:.2} % | {} |",
+            "| {:.1} | {} | {rate} | {} | {} / {} | {} / [{}, {}] | {} / {} | {} | {} kB | {} | {:.2} % | {} |",
             c.minute,
             c.lifecycles,
             c.held,
@@ -237,7 +319,9 @@ pub fn report(out: &mut String, s: &Soak) -> fmt::Result {
                     c.waiting_drift()
                 )
             },
-            c.rss_mb,
+            c.rss_kb,
+            c.rss_range_kb
+                .map_or("-".to_string(), |(low, high)| format!("{low} - {high} kB")),
             c.cpu_percent,
             c.corrections
         )?;
@@ -245,12 +329,15 @@ pub fn report(out: &mut String, s: &Soak) -> fmt::Result {
     let m = &s.mix;
     writeln!(
         out,
-        "\nLifecycles: {} client-first, {} server-first, {} client RST, {} server RST; {} failed to connect or accept. RSS growth from the first checkpoint under churn to the last: {:+.0} kB. *Snapshot corrections* counts the tracker's `event counts corrected by snapshot` log lines: the per-tick reconcile repairing counts the kernel program got wrong; 0 means the events alone were exact, which the checkpoints could not show by themselves.",
+        "\nLifecycles: {} client-first, {} server-first, {} client RST, {} server RST; {} failed to connect or accept. RSS growth from the first checkpoint under churn to the last: {:+.0} kB; over the second half (minute {:.1} to the end): {:+.0} kB. VmRSS is read every {} s during each segment (the min - max column) as well as at each checkpoint. *Snapshot corrections* counts the tracker's `event counts corrected by snapshot` log lines: the per-tick reconcile repairing counts the kernel program got wrong; 0 means the events alone were exact, which the checkpoints could not show by themselves.",
         m.client_first,
         m.server_first,
         m.client_rst,
         m.server_rst,
         m.failed,
-        s.rss_growth_mb() * 1024.0
+        s.rss_growth_kb(),
+        s.halfway_minute(),
+        s.second_half_growth_kb(),
+        RSS_EVERY.as_secs()
     )
 }

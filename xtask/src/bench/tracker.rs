@@ -128,12 +128,17 @@ pub fn cpu_ns(pid: u32) -> anyhow::Result<u64> {
 
 /// A `VmHWM:` / `VmRSS:` line of /proc/PID/status, in MB.
 pub fn memory_mb(pid: u32, field: &str) -> anyhow::Result<f64> {
+    Ok(memory_kb(pid, field)? as f64 / 1024.0)
+}
+
+/// A `VmHWM:` / `VmRSS:` line of /proc/PID/status, in kB as the kernel
+/// gives it.
+pub fn memory_kb(pid: u32, field: &str) -> anyhow::Result<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()
         .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        .map(|kb| kb / 1024.0)
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
         .ok_or_else(|| anyhow!("no {field} in /proc/{pid}/status"))
 }
 
