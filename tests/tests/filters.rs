@@ -48,7 +48,11 @@ fn ignore_peer(source: &str) {
         let truth = ss_count(None, "established", v4) + ss_count(None, "established", dual);
         (truth == 4 && status["active_connections"] == 1 && status["ignored_connections"] == 3)
             .then_some(())
-            .ok_or(format!("ss {truth}: {status}"))
+            .ok_or(format!(
+                "ss {truth}: {status}\nss: {}\nlog:\n{}",
+                ss_list(&[v4, dual]),
+                sidecar.log()
+            ))
     });
     // Only the real client was activity: once it is gone (client first, no
     // TIME_WAIT here), the probes still open do not keep the port active.
@@ -81,6 +85,20 @@ fn ignore_peer(source: &str) {
         probe_v6,
         probe_v6_accepted,
     ));
+}
+
+/// `ss` lines of established sockets on `ports`, for failure messages.
+fn ss_list(ports: &[u16]) -> String {
+    let filter = ports
+        .iter()
+        .map(|p| format!("sport = :{p}"))
+        .collect::<Vec<_>>()
+        .join(" or ");
+    let out = std::process::Command::new("ss")
+        .args(["-Htanie", "state", "established", &format!("( {filter} )")])
+        .output()
+        .expect("run ss");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]
