@@ -4,61 +4,15 @@
 //! and peer address. Done for IPv4, and for IPv6 where `::1` works.
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
-    os::fd::AsRawFd as _,
     time::{Duration, Instant},
 };
 
 use aya::maps::{Array, MapData};
+use socket2::SockRef;
 use spawner_sidecar_common::{AF_INET, AF_INET6, IPPROTO_TCP, SELFTEST_SLOT, SelfTestRecord};
 use tracing::{info, warn};
 
 use crate::source::SourceError;
-
-/// The kernel's socket cookie, as `getsockopt(SO_COOKIE)` reports it.
-fn socket_cookie(stream: &TcpStream) -> std::io::Result<u64> {
-    let mut cookie = 0u64;
-    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
-    // SAFETY: a valid socket fd and a writable u64 of the length we pass.
-    let rc = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_COOKIE,
-            (&mut cookie as *mut u64).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(cookie)
-}
-
-/// Makes closing `stream` send a reset: the connection then ends at once on
-/// both sides, with no TIME_WAIT left in the user's namespace. A graceful
-/// close would leave one on the self-test's port for 60 s, where it is
-/// counted if that port is monitored and can stop the application from
-/// binding it.
-fn reset_on_close(stream: &TcpStream) -> std::io::Result<()> {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: a valid socket fd and a linger struct of the length we pass.
-    let rc = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
 
 pub fn run(
     slots: &mut Array<MapData, u32>,
@@ -110,12 +64,18 @@ fn check(
         .map_err(map_err)?;
     let result = (|| {
         let client = TcpStream::connect(SocketAddr::new(address, port)).map_err(io)?;
-        reset_on_close(&client).map_err(io)?;
+        // A reset ends the connection at once on both sides: a graceful
+        // close would leave a TIME_WAIT on the self-test's port in the
+        // user's namespace for 60 s, counted if that port is monitored and
+        // able to stop the application from binding it.
+        SockRef::from(&client)
+            .set_linger(Some(Duration::ZERO))
+            .map_err(io)?;
         let (server, _) = listener.accept().map_err(io)?;
         // Rebound after `server` so that it is dropped first (locals drop
         // in reverse): the reset then ends both sides at once.
         let _client = client;
-        let cookie = socket_cookie(&server).map_err(io)?;
+        let cookie = SockRef::from(&server).cookie().map_err(io)?;
         let deadline = Instant::now() + Duration::from_secs(1);
         loop {
             let record = records.get(&index, 0).map_err(|source| SourceError::Map {
