@@ -2,7 +2,6 @@
 //! nothing else. Its start-up self-test connects to ports of its own; a
 //! TIME_WAIT left behind would be counted on a monitored port and could stop
 //! the application from binding that port for a minute.
-#![allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
 
 use std::process::Command;
 
@@ -19,7 +18,7 @@ fn ebpf_start_up_leaves_no_socket_but_its_listener() {
     let out = Command::new("ip")
         .args(["netns", "exec", &ns.name, "ss", "-Htan"])
         .output()
-        .unwrap();
+        .expect("run ss in the namespace");
     assert!(out.status.success(), "ss failed");
     let sockets = String::from_utf8_lossy(&out.stdout).into_owned();
     let lines: Vec<&str> = sockets.lines().filter(|l| !l.trim().is_empty()).collect();

@@ -13,7 +13,7 @@ use std::{
     process::Command,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        mpsc::{self, RecvTimeoutError},
     },
     time::{Duration, Instant},
 };
@@ -100,45 +100,45 @@ impl Soak {
     /// RSS at the last checkpoint minus at the one halfway through: zero
     /// means the growth, if any, stopped in the first half (a plateau).
     pub fn second_half_growth_kb(&self) -> f64 {
-        let Some(last) = self.checkpoints.last() else {
-            return f64::NAN;
-        };
-        match self
-            .checkpoints
-            .iter()
-            .skip(1)
-            .find(|c| c.minute >= last.minute / 2.0 - 0.5)
-        {
-            Some(half) if half.minute < last.minute => last.rss_kb as f64 - half.rss_kb as f64,
+        match (self.halfway(), self.checkpoints.last()) {
+            (Some(half), Some(last)) if half.minute < last.minute => {
+                last.rss_kb as f64 - half.rss_kb as f64
+            }
             _ => f64::NAN,
         }
     }
 
     /// The minute of the halfway checkpoint `second_half_growth_kb` uses.
     pub fn halfway_minute(&self) -> f64 {
-        let last = self.checkpoints.last().map_or(0.0, |c| c.minute);
+        self.halfway().map_or(f64::NAN, |c| c.minute)
+    }
+
+    /// The checkpoint under churn nearest to half the soak (checkpoints
+    /// land a little after each segment's end, never exactly on it).
+    fn halfway(&self) -> Option<&Checkpoint> {
+        let half = self.checkpoints.last()?.minute / 2.0;
         self.checkpoints
             .iter()
             .skip(1)
-            .find(|c| c.minute >= last / 2.0 - 0.5)
-            .map_or(f64::NAN, |c| c.minute)
+            .min_by(|a, b| (a.minute - half).abs().total_cmp(&(b.minute - half).abs()))
     }
 }
 
-/// Reads the tracker's VmRSS every `RSS_EVERY` on its own thread until
-/// dropped; `take` hands over the samples since the last call.
+/// Reads the tracker's VmRSS every `RSS_EVERY` on its own thread, from
+/// `start` until `finish`.
 struct RssSampler {
     samples: Arc<Mutex<Vec<u64>>>,
-    stop: Arc<AtomicBool>,
+    /// Dropping it wakes the thread, which then stops.
+    stop: mpsc::Sender<()>,
 }
 
 impl RssSampler {
     fn start(pid: u32) -> RssSampler {
         let samples = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (into, stopped) = (samples.clone(), stop.clone());
+        let (stop, stopped) = mpsc::channel::<()>();
+        let into = samples.clone();
         std::thread::spawn(move || {
-            while !stopped.load(Ordering::Relaxed) {
+            loop {
                 // A failed read means the tracker is gone; the checkpoint
                 // reports that with a proper error.
                 if let Ok(kb) = memory_kb(pid, "VmRSS:")
@@ -146,21 +146,19 @@ impl RssSampler {
                 {
                     v.push(kb);
                 }
-                std::thread::sleep(RSS_EVERY);
+                if stopped.recv_timeout(RSS_EVERY) != Err(RecvTimeoutError::Timeout) {
+                    return;
+                }
             }
         });
         RssSampler { samples, stop }
     }
 
-    fn take(&self) -> Option<(u64, u64)> {
+    /// Stops sampling; the lowest and highest VmRSS read.
+    fn finish(self) -> Option<(u64, u64)> {
+        drop(self.stop);
         let taken = std::mem::take(&mut *self.samples.lock().ok()?);
         Some((*taken.iter().min()?, *taken.iter().max()?))
-    }
-}
-
-impl Drop for RssSampler {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
     }
 }
 
@@ -192,8 +190,7 @@ pub fn measure(bin: &Path, plan: &Plan) -> anyhow::Result<Soak> {
             Ok((churn, achieved))
         })?;
         churn = back;
-        let range = sampler.take();
-        drop(sampler);
+        let range = sampler.finish();
         std::thread::sleep(SETTLE);
         let cpu = (cpu_ns(pid)? - cpu_before) as f64 / wall.elapsed().as_secs_f64() / 1e7;
         let minute = started.elapsed().as_secs_f64() / 60.0;
