@@ -3,36 +3,40 @@
 //! connection for a quiet period, or give up at a timeout.
 //!
 //! Two doors: `GET /wait-for-idle?quiet=5s&timeout=300s` on the serve port
-//! (an `httpGet` preStop hook), and the `wait-idle` subcommand, which reads
-//! the kernel itself (an `exec` preStop hook).
+//! (an `httpGet` preStop hook; the route lives in `http`), and the
+//! `wait-idle` subcommand here, which reads the kernel itself (an `exec`
+//! preStop hook).
 use std::{
-    collections::HashMap,
     process::ExitCode,
-    sync::Arc,
     time::{Duration, Instant},
 };
 
-use axum::{
-    Json,
-    extract::{Query, State},
-    http::StatusCode,
-    response::{IntoResponse, Response},
-};
-use serde_json::json;
-use tracing::warn;
-
 use crate::{
-    activity::{Activity, boottime_ns},
+    activity::Activity,
+    app::App,
+    clock::{boottime_ns, nanos},
     config::WatchArgs,
     duration::parse_duration,
-    http::{App, AppState},
+    runtime::{self, Threads},
     source::{self, SourceKind},
-    status::Status,
+    status::{Status, port_list},
 };
 
 /// Longest wait either door accepts: a preStop hook is bounded by the pod's
 /// termination grace period anyway.
 const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Quiet period when the caller names none.
+pub const DEFAULT_QUIET: Duration = Duration::from_secs(5);
+/// Timeout when the caller names none.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Refuses a quiet period or timeout beyond [`MAX_TIMEOUT`].
+pub fn check_wait(value: Duration) -> Result<Duration, String> {
+    if value > MAX_TIMEOUT {
+        return Err(format!("at most {}s", MAX_TIMEOUT.as_secs()));
+    }
+    Ok(value)
+}
 
 /// How often to look: the eBPF source answers from a map read, the pollers
 /// walk every socket of the namespace.
@@ -57,29 +61,21 @@ const SNAPSHOT_EVERY: Duration = Duration::from_secs(1);
 /// activity knows, including what it saw before this call), or `timeout`.
 /// Quiet: no open connection (a young one too: a request may be in flight)
 /// and no TIME_WAIT that counts as activity.
-pub async fn wait_quiet(
-    app: &Arc<App>,
-    quiet: Duration,
-    timeout: Duration,
-) -> Result<Outcome, String> {
+pub async fn wait_quiet(app: &App, quiet: Duration, timeout: Duration) -> Result<Outcome, String> {
     let deadline = Instant::now() + timeout;
-    let quiet_ns = u64::try_from(quiet.as_nanos()).unwrap_or(u64::MAX);
+    let quiet_ns = nanos(quiet);
     let interval = poll_interval(app.source.kind());
     let mut snapshot_due = Instant::now();
     loop {
         if app.source.kind() == SourceKind::Ebpf && Instant::now() >= snapshot_due {
-            let source = app.source.clone();
-            match tokio::task::spawn_blocking(move || source.refresh()).await {
-                Ok(Err(e)) => warn!("drain: refreshing the snapshot: {e}"),
-                Err(e) => warn!("drain: refresh task failed: {e}"),
-                Ok(Ok(())) => {}
-            }
+            app.refresh("drain").await;
             snapshot_due = Instant::now() + SNAPSHOT_EVERY;
         }
-        let reading = app.read(app.activity.detail()).await?;
-        let now_ns = boottime_ns();
-        let status = Status::observe(&reading, &app.activity, now_ns, app.source.kind().as_str());
-        let waiting: u64 = reading
+        let observed = app.observe().await?;
+        let now_ns = observed.now_ns;
+        let status = observed.status(app.source_name());
+        let waiting: u64 = observed
+            .reading
             .values()
             .map(|r| r.time_wait_total().saturating_sub(r.young_time_wait))
             .sum();
@@ -109,63 +105,6 @@ pub async fn wait_quiet(
     }
 }
 
-fn query_duration(
-    query: &HashMap<String, String>,
-    key: &str,
-    default: Duration,
-) -> Result<Duration, String> {
-    let Some(text) = query.get(key) else {
-        return Ok(default);
-    };
-    let value = parse_duration(text).map_err(|e| format!("{key}: {e}"))?;
-    if value > MAX_TIMEOUT {
-        return Err(format!("{key}: at most {}s", MAX_TIMEOUT.as_secs()));
-    }
-    Ok(value)
-}
-
-/// `GET /wait-for-idle?quiet=5s&timeout=300s`: 200 with the final state once
-/// quiet, 503 with the state at the timeout, 400 on a bad parameter.
-pub async fn wait_for_idle(
-    State(app): State<AppState>,
-    Query(query): Query<HashMap<String, String>>,
-) -> Response {
-    if let Some(unknown) = query
-        .keys()
-        .find(|k| !matches!(k.as_str(), "quiet" | "timeout"))
-    {
-        return bad_request(format!(
-            "unknown parameter {unknown:?}; use quiet and timeout"
-        ));
-    }
-    let (quiet, timeout) = match (
-        query_duration(&query, "quiet", Duration::from_secs(5)),
-        query_duration(&query, "timeout", Duration::from_secs(300)),
-    ) {
-        (Ok(q), Ok(t)) => (q, t),
-        (Err(e), _) | (_, Err(e)) => return bad_request(e),
-    };
-    match wait_quiet(&app, quiet, timeout).await {
-        Ok(Outcome {
-            quiet: true,
-            status,
-        }) => Json(status).into_response(),
-        Ok(Outcome {
-            quiet: false,
-            status,
-        }) => (StatusCode::SERVICE_UNAVAILABLE, Json(status)).into_response(),
-        Err(error) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "error": error, "source": app.source.kind().as_str() })),
-        )
-            .into_response(),
-    }
-}
-
-fn bad_request(error: String) -> Response {
-    (StatusCode::BAD_REQUEST, Json(json!({ "error": error }))).into_response()
-}
-
 /// `spawner-sidecar wait-idle`: exit 0 once quiet, 1 at the timeout.
 #[derive(Debug, Clone, clap::Args)]
 pub struct WaitIdleArgs {
@@ -182,25 +121,15 @@ pub struct WaitIdleArgs {
 }
 
 fn parse_quiet_timeout(text: &str) -> Result<Duration, String> {
-    let value = parse_duration(text)?;
-    if value > MAX_TIMEOUT {
-        return Err(format!("at most {}s", MAX_TIMEOUT.as_secs()));
-    }
-    Ok(value)
+    check_wait(parse_duration(text)?)
 }
 
 /// Runs the subcommand. It has no history from before it started, so it
 /// always waits at least `--quiet-for`.
 pub fn wait_idle(args: WaitIdleArgs) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime::build(Threads::One) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     if let Err(e) = args.watch.check() {
         e.exit();
@@ -214,12 +143,12 @@ pub fn wait_idle(args: WaitIdleArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let app = Arc::new(App::new(
+    let app = App::new(
         source,
         Activity::new(started, Duration::ZERO),
         Duration::ZERO,
-    ));
-    let ports = crate::hooks::port_list(args.watch.monitor_port.iter().copied());
+    );
+    let ports = port_list(args.watch.monitor_port.iter().copied());
     match runtime.block_on(wait_quiet(&app, args.quiet_for, args.timeout)) {
         Ok(Outcome { quiet: true, .. }) => {
             eprintln!(

@@ -15,7 +15,13 @@ use std::{process::Stdio, sync::Arc, time::Duration};
 use tokio::{io::AsyncReadExt as _, process::Command};
 use tracing::{error, info, warn};
 
-use crate::{activity::boottime_ns, http::App, lock::lock, source::SourceKind};
+use crate::{
+    app::App,
+    clock::{boottime_ns, nanos},
+    lock::lock,
+    source::SourceKind,
+    status::port_list,
+};
 
 /// The hooks as configured.
 #[derive(Clone, Debug)]
@@ -62,7 +68,7 @@ pub async fn run(app: Arc<App>, hooks: Hooks, tick: Duration) {
         SourceKind::Ebpf => tick.min(Duration::from_secs(1)),
         SourceKind::SockDiag | SourceKind::Proc => tick,
     };
-    let idle_after_ns = u64::try_from(hooks.idle_after.as_nanos()).unwrap_or(u64::MAX);
+    let idle_after_ns = nanos(hooks.idle_after);
     let mut phase = Phase::Active;
     loop {
         let status = match app.status().await {
@@ -128,15 +134,6 @@ pub async fn run(app: Arc<App>, hooks: Hooks, tick: Duration) {
     }
 }
 
-/// `8080,9090`: ports as the hooks' environment and the logs show them.
-pub fn port_list(ports: impl IntoIterator<Item = u16>) -> String {
-    ports
-        .into_iter()
-        .map(|p| p.to_string())
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
 /// Runs one hook (if configured) and records the result; an unconfigured
 /// hook is a success that ran nothing.
 async fn run_hook(
@@ -158,8 +155,7 @@ async fn run_hook(
         command, seconds_since_active, ports, "running hook"
     );
     let result = execute(name, command, hooks.timeout, ports, seconds_since_active).await;
-    let mut runs = lock(&app.hook_runs);
-    *runs.entry((name, result.label())).or_default() += 1;
+    app.count_hook_run(name, result.label());
     result
 }
 

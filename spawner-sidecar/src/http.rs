@@ -1,18 +1,11 @@
 //! The HTTP API: `GET /` and `GET /status` (the contract's JSON),
-//! `GET /healthz`, `GET /metrics`. Every answer reads the source at request
-//! time.
-use std::{
-    collections::BTreeMap,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::Duration,
-};
+//! `GET /healthz`, `GET /metrics`, `GET /wait-for-idle`. Every answer reads
+//! the source at request time.
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use axum::{
     Json, Router,
-    extract::State,
+    extract::{Query, State},
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
     routing::get,
@@ -20,68 +13,16 @@ use axum::{
 use serde_json::json;
 
 use crate::{
-    activity::{Activity, boottime_ns},
-    lock::lock,
+    app::App,
+    clock::nanos,
+    drain::{self, Outcome},
+    duration::parse_duration,
     metrics,
-    source::{ConnectionSource, Detail, Reading},
-    status::Status,
+    serve::not_found,
+    source::Detail,
 };
 
-/// What the handlers share.
-pub struct App {
-    pub source: Arc<dyn ConnectionSource>,
-    pub activity: Activity,
-    /// `--min-connection-age`, for the long-lived gauge.
-    pub min_connection_age: Duration,
-    /// Failed reads of the source, for `/metrics`.
-    pub source_errors: AtomicU64,
-    /// Hook runs by (hook, result), for `/metrics`.
-    pub hook_runs: std::sync::Mutex<BTreeMap<(&'static str, &'static str), u64>>,
-}
-
 pub type AppState = Arc<App>;
-
-impl App {
-    pub fn new(
-        source: Arc<dyn ConnectionSource>,
-        activity: Activity,
-        min_connection_age: Duration,
-    ) -> Self {
-        App {
-            source,
-            activity,
-            min_connection_age,
-            source_errors: AtomicU64::new(0),
-            hook_runs: Default::default(),
-        }
-    }
-
-    /// Reads the source off the async workers: polling sources take
-    /// milliseconds. A failure is counted and returned as text.
-    pub async fn read(self: &Arc<Self>, detail: Detail) -> Result<Reading, String> {
-        let source = self.source.clone();
-        let result = match tokio::task::spawn_blocking(move || source.read(detail)).await {
-            Ok(result) => result.map_err(|e| e.to_string()),
-            Err(e) => Err(format!("reader task failed: {e}")),
-        };
-        if result.is_err() {
-            self.source_errors.fetch_add(1, Ordering::Relaxed);
-        }
-        result
-    }
-
-    /// A fresh reading and the status it gives, recorded in the activity.
-    pub async fn status(self: &Arc<Self>) -> Result<Status, String> {
-        let reading = self.read(self.activity.detail()).await?;
-        let name = self.source.kind().as_str();
-        Ok(Status::observe(
-            &reading,
-            &self.activity,
-            boottime_ns(),
-            name,
-        ))
-    }
-}
 
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -89,7 +30,7 @@ pub fn router(state: AppState) -> Router {
         .route("/status", get(status))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
-        .route("/wait-for-idle", get(crate::drain::wait_for_idle))
+        .route("/wait-for-idle", get(wait_for_idle))
         .fallback(not_found)
         .with_state(state)
 }
@@ -97,7 +38,7 @@ pub fn router(state: AppState) -> Router {
 fn unavailable(app: &App, error: String) -> Response {
     (
         StatusCode::SERVICE_UNAVAILABLE,
-        Json(json!({ "error": error, "source": app.source.kind().as_str() })),
+        Json(json!({ "error": error, "source": app.source_name() })),
     )
         .into_response()
 }
@@ -111,7 +52,7 @@ async fn status(State(app): State<AppState>) -> Response {
 
 async fn healthz(State(app): State<AppState>) -> Response {
     let result = app.read(Detail::default()).await;
-    let name = app.source.kind().as_str();
+    let name = app.source_name();
     match result {
         Ok(_) => match app.source.degraded() {
             // Still answering, from a lesser source: alive, but say so.
@@ -128,26 +69,19 @@ async fn healthz(State(app): State<AppState>) -> Response {
 }
 
 async fn metrics(State(app): State<AppState>, headers: HeaderMap) -> Response {
-    let reading = match app.read(Detail { starts: true }).await {
-        Ok(reading) => reading,
+    let observed = match app.observe_with(Detail { starts: true }).await {
+        Ok(observed) => observed,
         Err(error) => return unavailable(&app, error),
     };
-    let now_ns = boottime_ns();
-    let idle = app.activity.observe(&reading, now_ns);
-    let source = app.source.clone();
-    let health = tokio::task::spawn_blocking(move || source.health())
-        .await
-        .unwrap_or_default();
-    let hook_runs = lock(&app.hook_runs).clone();
     let scrape = metrics::Scrape {
-        reading: &reading,
-        idle: &idle,
-        now_ns,
-        min_connection_age_ns: u64::try_from(app.min_connection_age.as_nanos()).unwrap_or(u64::MAX),
-        source: app.source.kind().as_str(),
-        health,
-        source_errors: app.source_errors.load(Ordering::Relaxed),
-        hook_runs,
+        reading: &observed.reading,
+        idle: &observed.idle,
+        now_ns: observed.now_ns,
+        min_connection_age_ns: nanos(app.min_connection_age),
+        source: app.source_name(),
+        health: app.health().await,
+        source_errors: app.source_errors(),
+        hook_runs: app.hook_runs(),
     };
     let text = match metrics::render(&scrape) {
         Ok(text) => text,
@@ -165,8 +99,55 @@ async fn metrics(State(app): State<AppState>, headers: HeaderMap) -> Response {
     }
 }
 
-async fn not_found() -> Response {
-    (StatusCode::NOT_FOUND, Json(json!({ "error": "not found" }))).into_response()
+fn query_duration(
+    query: &HashMap<String, String>,
+    key: &str,
+    default: Duration,
+) -> Result<Duration, String> {
+    let Some(text) = query.get(key) else {
+        return Ok(default);
+    };
+    let value = parse_duration(text).map_err(|e| format!("{key}: {e}"))?;
+    drain::check_wait(value).map_err(|e| format!("{key}: {e}"))
+}
+
+/// `GET /wait-for-idle?quiet=5s&timeout=300s` (a preStop `httpGet`): 200
+/// with the final state once quiet, 503 with the state at the timeout, 400
+/// on a bad parameter.
+async fn wait_for_idle(
+    State(app): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    if let Some(unknown) = query
+        .keys()
+        .find(|k| !matches!(k.as_str(), "quiet" | "timeout"))
+    {
+        return bad_request(format!(
+            "unknown parameter {unknown:?}; use quiet and timeout"
+        ));
+    }
+    let (quiet, timeout) = match (
+        query_duration(&query, "quiet", drain::DEFAULT_QUIET),
+        query_duration(&query, "timeout", drain::DEFAULT_TIMEOUT),
+    ) {
+        (Ok(q), Ok(t)) => (q, t),
+        (Err(e), _) | (_, Err(e)) => return bad_request(e),
+    };
+    match drain::wait_quiet(&app, quiet, timeout).await {
+        Ok(Outcome {
+            quiet: true,
+            status,
+        }) => Json(status).into_response(),
+        Ok(Outcome {
+            quiet: false,
+            status,
+        }) => (StatusCode::SERVICE_UNAVAILABLE, Json(status)).into_response(),
+        Err(error) => unavailable(&app, error),
+    }
+}
+
+fn bad_request(error: String) -> Response {
+    (StatusCode::BAD_REQUEST, Json(json!({ "error": error }))).into_response()
 }
 
 #[cfg(test)]
@@ -178,7 +159,11 @@ mod tests {
     use tower::ServiceExt as _;
 
     use super::*;
-    use crate::source::{PortReading, SourceError, SourceKind};
+    use crate::{
+        activity::Activity,
+        clock::boottime_ns,
+        source::{ConnectionSource, PortReading, Reading, SourceError, SourceKind},
+    };
 
     /// A source that answers whatever the test scripted.
     struct Scripted(Mutex<Result<Reading, String>>);

@@ -1,16 +1,28 @@
 //! spawner-sidecar: wiring and graceful shutdown only.
+//!
+//! Modules, lowest first; each imports only modules above it in this list
+//! (a test keeps it so): `clock`, `lock`, `duration`, `runtime`, `serve`;
+//! `source` (kernel -> readings); `activity` and `status` (readings ->
+//! idle time and the contract's JSON); `app` (a source with its activity);
+//! `metrics`; `drain`, `hooks` (actions on an app); `http` (routes);
+//! `heartbeat` (standalone); `config`, `cli` (parsing).
 mod activity;
+mod app;
 mod cli;
+mod clock;
 mod config;
 mod drain;
 mod duration;
 mod heartbeat;
 mod hooks;
 mod http;
-mod kernel_btf;
+#[cfg(test)]
+mod layers;
 mod lock;
 mod malloc;
 mod metrics;
+mod runtime;
+mod serve;
 mod source;
 mod status;
 
@@ -20,16 +32,13 @@ use anyhow::Context as _;
 use tracing::{debug, info, warn};
 
 use crate::{
-    activity::{Activity, boottime_ns},
-    cli::Command,
-    config::Config,
-    http::App,
-    source::SourceOptions,
+    activity::Activity, app::App, cli::Command, clock::boottime_ns, config::Config,
+    runtime::Threads, source::SourceOptions, status::port_list,
 };
 
 fn main() -> ExitCode {
     malloc::tune();
-    let cli = match config::parse(std::env::args_os().collect()) {
+    let cli = match cli::parse(std::env::args_os().collect()) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
@@ -52,19 +61,16 @@ fn main() -> ExitCode {
         Some(Command::Heartbeat(args)) => return heartbeat::main(args),
         None => cli.daemon,
     };
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match runtime::build(Threads::PerCore) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
-    // Inside the runtime's context: tokio's signal handling needs its driver.
-    let shutdown = {
-        let _context = runtime.enter();
-        shutdown_signal()
-    };
-    match runtime.block_on(run(config, shutdown)) {
+    let shutdown = runtime::shutdown_signal(&runtime);
+    let result = runtime.block_on(run(config, shutdown));
+    // Requests cut at the shutdown deadline may have reads of the source in
+    // flight on the blocking pool; they end by themselves, do not wait.
+    runtime.shutdown_background();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -108,7 +114,6 @@ async fn run(
         config.min_connection_age,
     ));
     let ticker = tokio::spawn(tick(app.clone(), config.refresh()));
-    let ports = hooks::port_list(config.watch.monitor_port.iter().copied());
     let hooks = config.idle_after.map(|idle_after| {
         tokio::spawn(hooks::run(
             app.clone(),
@@ -124,13 +129,12 @@ async fn run(
 
     info!(
         address = %listener.local_addr().context("reading the bound address")?,
-        monitor_port = %ports,
+        monitor_port = %port_list(config.watch.monitor_port.iter().copied()),
         all_ports = config.all_ports,
         source = %source.kind(),
         "serving"
     );
-    axum::serve(listener, http::router(app))
-        .with_graceful_shutdown(shutdown)
+    serve::serve(listener, http::router(app), shutdown)
         .await
         .context("HTTP server failed")?;
     ticker.abort();
@@ -150,40 +154,10 @@ async fn tick(app: Arc<App>, every: std::time::Duration) {
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
-        let source = app.source.clone();
-        let refreshed = tokio::task::spawn_blocking(move || source.refresh()).await;
-        match refreshed {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => warn!("tick: {e}"),
-            Err(e) => warn!("tick task failed: {e}"),
-        }
-        match app.read(app.activity.detail()).await {
-            Ok(reading) => {
-                let idle = app.activity.observe(&reading, boottime_ns());
-                debug!(?reading, ?idle, "tick");
-            }
+        app.refresh("tick").await;
+        match app.observe().await {
+            Ok(observed) => debug!(reading = ?observed.reading, idle = ?observed.idle, "tick"),
             Err(e) => warn!("tick: {e}"),
-        }
-    }
-}
-
-/// Resolves on SIGTERM or SIGINT. The handlers are installed here, before
-/// anything is served: a signal that arrives while the source loads then
-/// stops the daemon cleanly instead of killing it.
-fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
-    use tokio::signal::unix::{SignalKind, signal};
-    let term = signal(SignalKind::terminate());
-    let int = signal(SignalKind::interrupt());
-    async move {
-        match (term, int) {
-            (Ok(mut term), Ok(mut int)) => tokio::select! {
-                _ = term.recv() => info!("SIGTERM received"),
-                _ = int.recv() => info!("SIGINT received"),
-            },
-            (Err(e), _) | (_, Err(e)) => {
-                warn!("cannot listen for SIGTERM/SIGINT ({e}); stop with SIGKILL");
-                std::future::pending::<()>().await;
-            }
         }
     }
 }

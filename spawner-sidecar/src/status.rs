@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::{
-    activity::{Activity, Idle},
+    activity::Idle,
     source::{PortReading, Reading},
 };
 
@@ -70,16 +70,15 @@ impl Status {
             ports,
         }
     }
+}
 
-    /// As `new`, recording the reading in `activity` first.
-    pub fn observe(
-        reading: &Reading,
-        activity: &Activity,
-        now_ns: u64,
-        source: &'static str,
-    ) -> Self {
-        Self::new(reading, &activity.observe(reading, now_ns), source)
-    }
+/// `8080,9090`: ports as the hooks' environment and the logs show them.
+pub fn port_list(ports: impl IntoIterator<Item = u16>) -> String {
+    ports
+        .into_iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 #[cfg(test)]

@@ -21,7 +21,10 @@ use self::{
     target::{Scheme, Target},
     tls::CaFile,
 };
-use crate::duration::parse_duration;
+use crate::{
+    duration::parse_duration,
+    runtime::{self, Threads},
+};
 
 /// Longest accepted timeout and interval: longer ones are typos, and this
 /// keeps every deadline far from `Instant` overflow.
@@ -136,21 +139,11 @@ enum Outcome {
 pub fn main(args: Args) -> ExitCode {
     // One thread is plenty for a few checks and a probe endpoint; name
     // lookups run on tokio's blocking pool.
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime::build(Threads::One) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
-    let shutdown = {
-        // Signal handlers need the runtime's driver; installed before serving.
-        let _context = runtime.enter();
-        crate::shutdown_signal()
-    };
+    let shutdown = runtime::shutdown_signal(&runtime);
     let result = runtime.block_on(run(args, shutdown));
     // Do not wait for a lookup still stuck in getaddrinfo.
     runtime.shutdown_background();

@@ -2,10 +2,7 @@
 //! otherwise (pending targets included), with the per-target report. The
 //! answer reads the latest results; it never runs a check itself, so a slow
 //! dependency cannot make the probe slow.
-use std::{
-    future::Future,
-    time::{Duration, Instant},
-};
+use std::{future::Future, time::Instant};
 
 use axum::{
     Json, Router,
@@ -14,14 +11,10 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use serde_json::json;
 use tokio::net::TcpListener;
-use tracing::warn;
 
 use super::state::Board;
-
-/// How long open connections may keep the server alive after the signal.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+use crate::serve::not_found;
 
 pub fn router(board: Board) -> Router {
     Router::new()
@@ -40,41 +33,19 @@ async fn report(State(board): State<Board>) -> Response {
     (code, Json(report)).into_response()
 }
 
-async fn not_found() -> Response {
-    (StatusCode::NOT_FOUND, Json(json!({ "error": "not found" }))).into_response()
-}
-
-/// Serves until `shutdown` resolves, then lets requests in flight finish
-/// for up to [`SHUTDOWN_GRACE`]: a client holding a connection open must
-/// not keep a terminating pod alive.
+/// Serves the report until `shutdown`, with the shared shutdown deadline.
 pub async fn serve(
     listener: TcpListener,
     board: Board,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let (signalled, on_signal) = tokio::sync::oneshot::channel::<()>();
-    let shutdown = async move {
-        shutdown.await;
-        let _ = signalled.send(());
-    };
-    let server = axum::serve(listener, router(board)).with_graceful_shutdown(shutdown);
-    tokio::select! {
-        result = server => result,
-        () = async {
-            if on_signal.await.is_ok() {
-                tokio::time::sleep(SHUTDOWN_GRACE).await;
-            } else {
-                std::future::pending::<()>().await;
-            }
-        } => {
-            warn!("connections still open {SHUTDOWN_GRACE:?} after the signal: closing them");
-            Ok(())
-        }
-    }
+    crate::serve::serve(listener, router(board), shutdown).await
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use axum::body::{Body, to_bytes};
     use axum::http::{Method, Request};
     use tower::ServiceExt as _;

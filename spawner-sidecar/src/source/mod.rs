@@ -6,7 +6,7 @@ mod failover;
 mod follow;
 pub mod peers;
 mod poller;
-pub mod procfs;
+pub mod proc_net;
 mod reading;
 mod reconcile;
 pub mod snapshot;
@@ -172,7 +172,7 @@ pub fn open(
     choice: SourceChoice,
     options: &SourceOptions,
 ) -> anyhow::Result<Arc<dyn ConnectionSource>> {
-    let proc_source = || options.poller(Arc::new(procfs::ProcNet));
+    let proc_source = || options.poller(Arc::new(proc_net::ProcNet));
     let sock_diag = || -> Result<Arc<dyn Snapshotter>, SourceError> {
         let snapshots = sock_diag::SockDiag;
         // Proves the kernel answers before we rely on it.
@@ -187,7 +187,7 @@ pub fn open(
         Ok(snapshots) => snapshots,
         Err(e) => {
             warn!("sock_diag unavailable ({e}); eBPF snapshots will read /proc");
-            Arc::new(procfs::ProcNet) as Arc<dyn Snapshotter>
+            Arc::new(proc_net::ProcNet) as Arc<dyn Snapshotter>
         }
     };
     // A poller on the same snapshots is the backup if eBPF breaks at run time.

@@ -20,7 +20,10 @@ use super::{
     peers::PeerFilter,
     snapshot::{self, SnapshotRequest, Snapshotter, SocketEntry, SocketState},
 };
-use crate::{activity::boottime_ns, lock::lock};
+use crate::{
+    clock::{boottime_ns, nanos},
+    lock::lock,
+};
 
 /// A TIME_WAIT socket lives at most 60 s (`TCP_TIMEWAIT_LEN`); what we know
 /// about where one came from is kept a little longer, then dropped.
@@ -77,7 +80,7 @@ impl PollingSource {
         PollingSource {
             snapshots,
             filter,
-            min_age_ns: u64::try_from(activity_min_age.as_nanos()).unwrap_or(u64::MAX),
+            min_age_ns: nanos(activity_min_age),
             state: Mutex::new(PollState {
                 follow,
                 conns: HashMap::new(),

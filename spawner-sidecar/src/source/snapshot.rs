@@ -14,6 +14,21 @@ pub enum SocketState {
     Listen,
 }
 
+impl SocketState {
+    /// From the kernel's number for a TCP state (`include/net/tcp_states.h`,
+    /// as sock_diag reports it and `/proc/net/tcp` prints it in hex); `None`
+    /// for the states no snapshot counts.
+    pub fn from_kernel(state: u8) -> Option<Self> {
+        use netlink_packet_sock_diag::constants::{TCP_ESTABLISHED, TCP_LISTEN, TCP_TIME_WAIT};
+        match state {
+            TCP_ESTABLISHED => Some(SocketState::Established),
+            TCP_TIME_WAIT => Some(SocketState::TimeWait),
+            TCP_LISTEN => Some(SocketState::Listen),
+            _ => None,
+        }
+    }
+}
+
 /// One socket as a snapshot sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SocketEntry {
@@ -128,5 +143,20 @@ pub mod tests {
         assert_eq!((p.ignored_established, p.ignored_time_wait), (1, 1));
         assert_eq!(r.len(), 1, "unfollowed port left out");
         assert_eq!(listening_ports(&sockets), [8080]);
+    }
+
+    #[test]
+    fn kernel_state_numbers_are_the_kernel_programs() {
+        use netlink_packet_sock_diag::constants as kernel;
+        use spawner_sidecar_common as program;
+        // The kernel program cannot use the netlink crate (no_std): its own
+        // copies must be the same numbers.
+        assert_eq!(program::TCP_ESTABLISHED, i32::from(kernel::TCP_ESTABLISHED));
+        assert_eq!(program::TCP_CLOSE, i32::from(kernel::TCP_CLOSE));
+        assert_eq!(program::TCP_LISTEN, i32::from(kernel::TCP_LISTEN));
+        assert_eq!(SocketState::from_kernel(1), Some(SocketState::Established));
+        assert_eq!(SocketState::from_kernel(6), Some(SocketState::TimeWait));
+        assert_eq!(SocketState::from_kernel(0x0A), Some(SocketState::Listen));
+        assert_eq!(SocketState::from_kernel(7), None, "CLOSE is not counted");
     }
 }

@@ -22,11 +22,6 @@ use super::{
     snapshot::{SnapshotRequest, Snapshotter, SocketEntry, SocketState},
 };
 
-/// TCP states as the kernel numbers them (`include/net/tcp_states.h`).
-const ESTABLISHED: u8 = 1;
-const TIME_WAIT: u8 = 6;
-const LISTEN: u8 = 10;
-
 /// Lists sockets with netlink sock_diag dumps, states and ports filtered in
 /// the kernel.
 pub struct SockDiag;
@@ -151,12 +146,7 @@ fn append_port_filter(buf: &mut Vec<u8>, ports: &[u16]) {
 fn entry(response: &InetResponse, family: u8) -> Option<SocketEntry> {
     let header = &response.header;
     let id = &header.socket_id;
-    let state = match header.state {
-        ESTABLISHED => SocketState::Established,
-        TIME_WAIT => SocketState::TimeWait,
-        LISTEN => SocketState::Listen,
-        _ => return None,
-    };
+    let state = SocketState::from_kernel(header.state)?;
     // `idiag_cookie` is two host-order u32s, low word first
     // (`sock_diag_save_cookie`).
     let word = |i: usize| {

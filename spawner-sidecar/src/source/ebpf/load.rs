@@ -18,10 +18,8 @@ use spawner_sidecar_common::{
 };
 use tracing::debug;
 
-use crate::{
-    kernel_btf::{self, Btf},
-    source::SourceError,
-};
+use super::kernel_btf::{self, Btf};
+use crate::{clock::nanos, source::SourceError};
 
 /// The kernel program, built by `build.rs`; empty when the host had no eBPF
 /// toolchain at build time.
@@ -111,7 +109,7 @@ pub fn load(options: &LoadOptions) -> Result<Loaded, SourceError> {
     let config = TrackerConfig {
         netns_inum: own_netns_inum()?,
         flags,
-        activity_min_age_ns: u64::try_from(options.activity_min_age.as_nanos()).unwrap_or(u64::MAX),
+        activity_min_age_ns: nanos(options.activity_min_age),
         ..offsets.map_err(|e| unavailable("kernel BTF", e))?
     };
     debug!(?config, "struct offsets from kernel BTF");

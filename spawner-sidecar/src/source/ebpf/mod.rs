@@ -5,20 +5,23 @@
 //! that grows with the connections on the followed ports only).
 //!
 //! TIME_WAIT and sockets that existed before attach come from a snapshot
-//! once per tick (see `reconcile.rs`, `sockets.rs`). With `--all-ports`, the
+//! once per tick (see `reconcile.rs`, `rounds.rs`, `connection_ages.rs`). With `--all-ports`, the
 //! program reports new listeners through a ring buffer, which a thread of
 //! ours waits on, so a new port is followed within moments, not a tick.
 mod batch;
+mod connection_ages;
+pub mod kernel_btf;
+mod listener_watch;
 mod load;
+mod rounds;
 mod selftest;
 mod slots;
-mod sockets;
 
 use std::{
     collections::BTreeMap,
     os::fd::{AsFd as _, AsRawFd as _},
     sync::{
-        Arc, Mutex, Weak,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
@@ -30,18 +33,22 @@ use tracing::{info, warn};
 
 pub use self::load::PROGRAM;
 use self::{
+    connection_ages::SocketMap,
     load::{LoadOptions, Loaded},
+    rounds::LastSnapshot,
     slots::Slots,
-    sockets::SocketMap,
 };
 use super::{
     ConnectionSource, Detail, Follow, Reading, SourceError, SourceHealth, SourceKind,
     SourceOptions,
     peers::PeerFilter,
-    reconcile::{Correction, EventCounts, Outcome},
+    reconcile::{Correction, EventCounts},
     snapshot::{self, SnapshotRequest, Snapshotter},
 };
-use crate::{activity::boottime_ns, lock::lock};
+use crate::{
+    clock::{boottime_ns, nanos},
+    lock::lock,
+};
 
 /// How long start-up waits for one quiet snapshot per port.
 const SEED_DEADLINE: Duration = Duration::from_secs(1);
@@ -62,47 +69,8 @@ struct Inner {
     corrections: BTreeMap<u16, Correction>,
     corrections_total: u64,
     /// What the last snapshot established, to tell whether the next one
-    /// can teach anything (see `Inner::snapshot_needed`).
+    /// can teach anything (see `rounds::snapshot_needed`).
     last_snapshot: Option<LastSnapshot>,
-}
-
-/// The state of things at the last snapshot.
-struct LastSnapshot {
-    at: Instant,
-    /// Per port, its transition counter, where the port was quiet and the
-    /// snapshot confirmed the correction the one before it had set.
-    transitions: BTreeMap<u16, u64>,
-    /// `STAT_LISTENERS_LOST` then.
-    listeners_lost: u64,
-}
-
-/// However quiet the ports, a snapshot at least this often: the safety net
-/// for events the kernel skipped (`recursion_misses`), which move no counter.
-const SNAPSHOT_AT_LEAST_EVERY: Duration = Duration::from_secs(60);
-
-impl Inner {
-    /// Whether a snapshot could change anything. It cannot when every port
-    /// was quiet and exact at the last one, with the correction the one
-    /// before had set (`LastSnapshot::transitions`), had no TIME_WAIT then (a
-    /// TIME_WAIT socket appears only after a close, which is a transition),
-    /// and has had no transition since; nor could listeners have been
-    /// missed. This is what keeps an idle tracker's ticks from walking
-    /// every socket of a busy node.
-    fn snapshot_needed(&self, before: &BTreeMap<u16, EventCounts>) -> bool {
-        let Some(last) = &self.last_snapshot else {
-            return true;
-        };
-        if last.at.elapsed() >= SNAPSHOT_AT_LEAST_EVERY
-            || EbpfSource::stat(self, STAT_LISTENERS_LOST) != Some(last.listeners_lost)
-        {
-            return true;
-        }
-        self.corrections.iter().any(|(port, correction)| {
-            !correction.exact
-                || correction.time_wait_total() > 0
-                || before.get(port).map(|e| e.transitions) != last.transitions.get(port).copied()
-        })
-    }
 }
 
 pub struct EbpfSource {
@@ -184,7 +152,7 @@ impl EbpfSource {
             }),
             snapshots,
             filter: options.peers.clone(),
-            min_age_ns: u64::try_from(options.activity_min_age.as_nanos()).unwrap_or(u64::MAX),
+            min_age_ns: nanos(options.activity_min_age),
             fail_map_reads: false.into(),
         });
         {
@@ -195,7 +163,7 @@ impl EbpfSource {
         }
         source.seed()?;
         if options.all_ports {
-            spawn_listener_watch(Arc::downgrade(&source));
+            listener_watch::spawn(Arc::downgrade(&source));
         }
         if std::env::var(FAULT_ENV).is_ok_and(|v| v == "ebpf-map-read") {
             warn!("{FAULT_ENV}=ebpf-map-read: every eBPF map read will now fail");
@@ -342,7 +310,7 @@ impl ConnectionSource for EbpfSource {
         let events = self.event_counts(&inner)?;
         let mut reading = current(&inner, &events);
         if detail.starts {
-            let mut starts = sockets::starts_by_port(&inner.sockets)?;
+            let mut starts = connection_ages::starts_by_port(&inner.sockets)?;
             for (port, r) in reading.iter_mut() {
                 r.starts = Some(starts.remove(port).unwrap_or_default());
             }
@@ -356,7 +324,14 @@ impl ConnectionSource for EbpfSource {
             let mut inner = lock(&self.inner);
             self.drain_listeners(&mut inner)?;
             let before = self.event_counts(&inner)?;
-            if !inner.snapshot_needed(&before) {
+            let needed = rounds::snapshot_needed(
+                inner.last_snapshot.as_ref(),
+                Instant::now(),
+                Self::stat(&inner, STAT_LISTENERS_LOST),
+                &inner.corrections,
+                &before,
+            );
+            if !needed {
                 let inner = &mut *inner;
                 inner.slots.recycle(&mut inner.counts)?;
                 return Ok(());
@@ -377,53 +352,28 @@ impl ConnectionSource for EbpfSource {
         let after = self.event_counts(&inner)?;
         let mut counted = snapshot::count(&sockets, &ports, &self.filter);
         if self.min_age_ns > 0 {
-            let young = sockets::young_time_wait(&inner.young_closed, &sockets, &self.filter)?;
+            let young =
+                connection_ages::young_time_wait(&inner.young_closed, &sockets, &self.filter)?;
             for (port, r) in counted.iter_mut() {
                 r.young_time_wait = young.get(port).copied().unwrap_or(0);
             }
         }
-        let mut quiet = Vec::new();
-        // Quiet ports whose correction this snapshot confirmed unchanged.
-        // Only those may skip later snapshots: a correction computed while
-        // a close was half done (the program has counted it, the socket's
-        // state is stored just after) is off by one, and must meet a second
-        // snapshot before the tracker stops looking.
-        let mut stable = Vec::new();
-        let mut corrected = 0;
-        for (port, correction) in inner.corrections.iter_mut() {
-            let (Some(b), Some(s), Some(a)) =
-                (before.get(port), counted.get(port), after.get(port))
-            else {
-                continue;
-            };
-            let previous = *correction;
-            match correction.update(b, s, a) {
-                Outcome::Reconciled { drift } => {
-                    quiet.push(*port);
-                    if *correction == previous {
-                        stable.push(*port);
-                    }
-                    if drift {
-                        info!(port, "event counts corrected by snapshot");
-                        corrected += 1;
-                    }
-                }
-                Outcome::Busy => {}
-            }
+        let folded = rounds::fold_snapshot(&mut inner.corrections, &before, &counted, &after);
+        for port in &folded.drifted {
+            info!(port, "event counts corrected by snapshot");
         }
-        inner.corrections_total += corrected;
-        inner.last_snapshot = Some(LastSnapshot {
-            at: Instant::now(),
-            transitions: stable
-                .iter()
-                .filter_map(|p| Some((*p, after.get(p)?.transitions)))
-                .collect(),
-            listeners_lost: Self::stat(&inner, STAT_LISTENERS_LOST).unwrap_or(0),
-        });
-        sockets::reconcile(
+        inner.corrections_total += folded.drifted.len() as u64;
+        let listeners_lost = Self::stat(&inner, STAT_LISTENERS_LOST).unwrap_or(0);
+        inner.last_snapshot = Some(LastSnapshot::new(
+            Instant::now(),
+            &folded,
+            &after,
+            listeners_lost,
+        ));
+        connection_ages::reconcile(
             &mut inner.sockets,
             &sockets,
-            &quiet,
+            &folded.quiet,
             &self.filter,
             started,
             boottime_ns(),
@@ -462,52 +412,5 @@ impl ConnectionSource for EbpfSource {
             lost_listener_reports: Self::stat(&inner, STAT_LISTENERS_LOST),
             corrections: inner.corrections_total,
         }
-    }
-}
-
-/// Waits on the `LISTENERS` ring buffer and follows new listeners as soon
-/// as the program reports them, then seeds them. Ends with the source.
-fn spawn_listener_watch(source: Weak<EbpfSource>) {
-    // A copy of the ring buffer's fd, ours for as long as the thread lives:
-    // the source's own may close (and its number be reused) meanwhile.
-    let fd = match source
-        .upgrade()
-        .map(|s| lock(&s.inner).listeners.as_fd().try_clone_to_owned())
-    {
-        Some(Ok(fd)) => fd,
-        Some(Err(e)) => {
-            warn!("cannot watch for new listeners ({e}); they are found once per tick");
-            return;
-        }
-        None => return,
-    };
-    let spawned = std::thread::Builder::new()
-        .name("listener-watch".into())
-        .spawn(move || {
-            loop {
-                let mut poll = libc::pollfd {
-                    fd: fd.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                };
-                // SAFETY: one valid pollfd on an fd this thread owns.
-                let ready = unsafe { libc::poll(&mut poll, 1, 500) };
-                let Some(strong) = source.upgrade() else {
-                    return;
-                };
-                if strong.stopped.load(Ordering::Relaxed) {
-                    return;
-                }
-                if ready <= 0 {
-                    continue;
-                }
-                // Reading drains the ring buffer and seeds what is new.
-                if let Err(e) = strong.read(Detail::default()) {
-                    warn!("following new listeners: {e}");
-                }
-            }
-        });
-    if let Err(e) = spawned {
-        warn!("cannot start the listener thread ({e}); new listeners are found once per tick");
     }
 }

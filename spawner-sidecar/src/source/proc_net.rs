@@ -21,11 +21,6 @@ use super::{
 const TCP4: &str = "/proc/net/tcp";
 const TCP6: &str = "/proc/net/tcp6";
 
-/// TCP states as `/proc/net/tcp` prints them (hex, `include/net/tcp_states.h`).
-const ESTABLISHED: u8 = 0x01;
-const TIME_WAIT: u8 = 0x06;
-const LISTEN: u8 = 0x0A;
-
 /// What one pass over a table found besides the sockets.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct ParseStats {
@@ -56,11 +51,8 @@ pub fn parse_table(
             stats.malformed += 1;
             continue;
         };
-        let state = match row.state {
-            ESTABLISHED => SocketState::Established,
-            TIME_WAIT => SocketState::TimeWait,
-            LISTEN => SocketState::Listen,
-            _ => continue,
+        let Some(state) = SocketState::from_kernel(row.state) else {
+            continue;
         };
         let wanted = request.ports.contains(&row.local_port)
             || (request.all_listeners && state == SocketState::Listen);

@@ -1,0 +1,51 @@
+//! The async runtime and the stop signal, set up the same way for the
+//! daemon and every subcommand.
+use std::{future::Future, process::ExitCode};
+
+use tokio::runtime::Runtime;
+use tracing::{info, warn};
+
+/// How many worker threads a command needs.
+#[derive(Clone, Copy, Debug)]
+pub enum Threads {
+    /// A few checks or one wait: one thread (blocking work still goes to
+    /// tokio's blocking pool).
+    One,
+    /// The daemon: one worker per core.
+    PerCore,
+}
+
+/// A runtime, or the one-line error already printed and the exit code.
+pub fn build(threads: Threads) -> Result<Runtime, ExitCode> {
+    let mut builder = match threads {
+        Threads::One => tokio::runtime::Builder::new_current_thread(),
+        Threads::PerCore => tokio::runtime::Builder::new_multi_thread(),
+    };
+    builder.enable_all().build().map_err(|e| {
+        eprintln!("error: cannot start the async runtime: {e}");
+        ExitCode::FAILURE
+    })
+}
+
+/// Resolves on SIGTERM or SIGINT. The handlers are installed by this call,
+/// before anything is served: a signal that arrives while a source loads
+/// then stops the process cleanly instead of killing it. Installing them
+/// needs the runtime's signal driver, hence `runtime`.
+pub fn shutdown_signal(runtime: &Runtime) -> impl Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{SignalKind, signal};
+    let _context = runtime.enter();
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => tokio::select! {
+                _ = term.recv() => info!("SIGTERM received"),
+                _ = int.recv() => info!("SIGINT received"),
+            },
+            (Err(e), _) | (_, Err(e)) => {
+                warn!("cannot listen for SIGTERM/SIGINT ({e}); stop with SIGKILL");
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}

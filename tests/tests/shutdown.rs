@@ -1,0 +1,73 @@
+//! SIGTERM ends the daemon within its shutdown deadline, however many
+//! requests are still open: a thousand `/wait-for-idle` calls that would
+//! wait ten minutes must not keep a terminating pod alive.
+#![allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, TcpStream},
+    time::{Duration, Instant},
+};
+
+use std::process::Command;
+
+use integration_tests::{Server, Sidecar, eventually, free_port};
+
+/// The daemon's deadline (`serve::SHUTDOWN_GRACE`), and what a loaded
+/// machine may add to it for starting the exit.
+const DEADLINE: Duration = Duration::from_secs(5);
+const SLACK: Duration = Duration::from_secs(4);
+
+#[test]
+fn sigterm_ends_the_daemon_within_the_deadline_with_1000_drains_open() {
+    let port = free_port();
+    let mut server = Server::v4(port);
+    // A connection that stays: no drain can finish.
+    server.connect(1);
+    let sidecar = Sidecar::start(&["--source", "sock-diag", "--monitor-port", &port.to_string()]);
+    let serve = sidecar.port;
+    let mut drains: Vec<TcpStream> = (0..1000)
+        .map(|_| {
+            let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, serve)).unwrap();
+            s.write_all(b"GET /wait-for-idle?quiet=1s&timeout=600s HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
+            s
+        })
+        .collect();
+    // All of them accepted by the daemon (a socket still in the accept
+    // queue has no owner in `ss -p`) and waiting.
+    eventually(Duration::from_secs(30), || {
+        let held = accepted(serve);
+        (held >= 1000)
+            .then_some(())
+            .ok_or(format!("{held} drains accepted"))
+    });
+    let signalled = Instant::now();
+    let status = sidecar.stop();
+    let took = signalled.elapsed();
+    assert!(status.success(), "exit status {status:?}");
+    assert!(
+        took <= DEADLINE + SLACK,
+        "SIGTERM to exit took {took:?}, the deadline is {DEADLINE:?}"
+    );
+    // Each drain was cut, not left hanging: the peer closed it.
+    for s in &mut drains {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 256];
+        let closed = matches!(s.read(&mut buf), Ok(0) | Err(_));
+        assert!(closed, "a drain connection is still open after exit");
+    }
+}
+
+/// Server-side sockets on `port` that a process holds (accepted).
+fn accepted(port: u16) -> usize {
+    let filter = format!("( sport = :{port} )");
+    let out = Command::new("ss")
+        .args(["-Htnp", "state", "established", &filter])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("pid="))
+        .count()
+}
