@@ -16,6 +16,7 @@ use tracing::warn;
 use crate::{
     activity::{Activity, Idle},
     clock::boottime_ns,
+    coalesce::Coalesced,
     source::{ConnectionSource, Detail, Reading, SourceHealth},
     status::Status,
 };
@@ -30,6 +31,8 @@ pub struct App {
     source_errors: AtomicU64,
     /// Hook runs by (hook, result), for `/metrics`.
     hook_runs: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    /// Reads shared by concurrent callers, without and with connection ages.
+    reads: [Coalesced<Result<Reading, String>>; 2],
 }
 
 /// A reading recorded in the activity, and what the activity made of it.
@@ -59,6 +62,7 @@ impl App {
             min_connection_age,
             source_errors: AtomicU64::new(0),
             hook_runs: Mutex::default(),
+            reads: Default::default(),
         }
     }
 
@@ -67,18 +71,25 @@ impl App {
         self.source.kind().as_str()
     }
 
-    /// Reads the source off the async workers: polling sources take
-    /// milliseconds. A failure is counted and returned as text.
+    /// Reads the source off the async workers (polling sources take
+    /// milliseconds), sharing the read with concurrent callers: each gets a
+    /// read that started after it asked. A failure is counted once per
+    /// read and returned as text.
     pub async fn read(&self, detail: Detail) -> Result<Reading, String> {
-        let source = self.source.clone();
-        let result = match tokio::task::spawn_blocking(move || source.read(detail)).await {
-            Ok(result) => result.map_err(|e| e.to_string()),
-            Err(e) => Err(format!("reader task failed: {e}")),
-        };
-        if result.is_err() {
-            self.source_errors.fetch_add(1, Ordering::Relaxed);
-        }
-        result
+        let flight = &self.reads[usize::from(detail.starts)];
+        flight
+            .get(|| async move {
+                let source = self.source.clone();
+                let result = match tokio::task::spawn_blocking(move || source.read(detail)).await {
+                    Ok(result) => result.map_err(|e| e.to_string()),
+                    Err(e) => Err(format!("reader task failed: {e}")),
+                };
+                if result.is_err() {
+                    self.source_errors.fetch_add(1, Ordering::Relaxed);
+                }
+                result
+            })
+            .await
     }
 
     /// A fresh reading with what `extra` asks for on top of what the

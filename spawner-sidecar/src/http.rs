@@ -11,6 +11,7 @@ use axum::{
     routing::get,
 };
 use serde_json::json;
+use tokio::sync::Semaphore;
 
 use crate::{
     app::App,
@@ -22,9 +23,28 @@ use crate::{
     source::Detail,
 };
 
-pub type AppState = Arc<App>;
+/// At most this many `/wait-for-idle` requests wait at once; more get a
+/// 503 saying so. Each holds a connection and polls the source, and a
+/// preStop hook needs one.
+pub const MAX_WAITERS: usize = 1024;
 
-pub fn router(state: AppState) -> Router {
+/// What the handlers share.
+#[derive(Clone)]
+struct Api {
+    app: Arc<App>,
+    waiters: Arc<Semaphore>,
+}
+
+impl std::ops::Deref for Api {
+    type Target = App;
+    fn deref(&self) -> &App {
+        &self.app
+    }
+}
+
+type AppState = Api;
+
+pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/", get(status))
         .route("/status", get(status))
@@ -32,7 +52,10 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/wait-for-idle", get(wait_for_idle))
         .fallback(not_found)
-        .with_state(state)
+        .with_state(Api {
+            app,
+            waiters: Arc::new(Semaphore::new(MAX_WAITERS)),
+        })
 }
 
 fn unavailable(app: &App, error: String) -> Response {
@@ -132,6 +155,16 @@ async fn wait_for_idle(
     ) {
         (Ok(q), Ok(t)) => (q, t),
         (Err(e), _) | (_, Err(e)) => return bad_request(e),
+    };
+    let Ok(_waiting) = app.waiters.clone().try_acquire_owned() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({
+                "error": format!("too many waiters: {MAX_WAITERS} /wait-for-idle requests are already waiting"),
+                "source": app.source_name(),
+            })),
+        )
+            .into_response();
     };
     match drain::wait_quiet(&app, quiet, timeout).await {
         Ok(Outcome {

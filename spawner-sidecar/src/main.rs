@@ -1,7 +1,8 @@
 //! spawner-sidecar: wiring and graceful shutdown only.
 //!
 //! Modules, lowest first; each imports only modules above it in this list
-//! (a test keeps it so): `clock`, `lock`, `duration`, `runtime`, `serve`;
+//! (a test keeps it so): `clock`, `lock`, `coalesce`, `duration`, `runtime`,
+//! `serve`;
 //! `source` (kernel -> readings); `activity` and `status` (readings ->
 //! idle time and the contract's JSON); `app` (a source with its activity);
 //! `metrics`; `drain`, `hooks` (actions on an app); `http` (routes);
@@ -10,6 +11,7 @@ mod activity;
 mod app;
 mod cli;
 mod clock;
+mod coalesce;
 mod config;
 mod drain;
 mod duration;
@@ -86,15 +88,8 @@ async fn run(
     let started_ns = boottime_ns();
     // Bind before loading anything: a busy port is the commonest mistake,
     // and it should fail fast and leave nothing attached.
-    let address = (config.serve_address, config.serve_port);
-    let listener = tokio::net::TcpListener::bind(address)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {}:{}",
-                config.serve_address, config.serve_port
-            )
-        })?;
+    let address = std::net::SocketAddr::new(config.serve_address, config.serve_port);
+    let listener = serve::listen(address).with_context(|| format!("cannot listen on {address}"))?;
 
     let serve_port = listener
         .local_addr()

@@ -1,50 +1,120 @@
 //! Serving an axum router, shared by the daemon's API and the heartbeat
-//! probe: the JSON 404, and graceful shutdown with a deadline.
-use std::{future::Future, time::Duration};
+//! probe: the listener, the connection limits, the JSON 404, and graceful
+//! shutdown with a deadline.
+//!
+//! Our own accept loop rather than `axum::serve`, for three things it does
+//! not offer: a listen backlog of `net.core.somaxconn` (mio, under tokio's
+//! `bind`, asks for 128, so a burst of 1 000 clients overflows it and the
+//! dropped SYNs are retried a second later), a timeout for connections that
+//! never send a request, and a deadline on shutdown.
+use std::{future::Future, io, net::SocketAddr, pin::pin, time::Duration};
 
 use axum::{
     Json, Router,
     http::StatusCode,
     response::{IntoResponse, Response},
 };
+use hyper::server::conn::http1;
+use hyper_util::{
+    rt::{TokioIo, TokioTimer},
+    server::graceful::GracefulShutdown,
+    service::TowerToHyperService,
+};
 use serde_json::json;
 use tokio::net::TcpListener;
-use tracing::warn;
+use tracing::{debug, warn};
 
 /// How long open connections may keep the server alive after the signal:
 /// a client holding a connection (or a long `/wait-for-idle`) open must not
 /// keep a terminating pod alive until its grace period runs out.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// A connection must send a whole request head within this long of being
+/// accepted, and of its previous answer (keep-alive idle): one that
+/// connects and sends nothing would otherwise hold a task and a descriptor
+/// forever. Prometheus and controllers reconnect when it was closed.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Backlog when `net.core.somaxconn` cannot be read; the kernel caps any
+/// backlog at that value anyway.
+const DEFAULT_BACKLOG: i32 = 4096;
+
 /// The answer for every path no route has.
 pub async fn not_found() -> Response {
     (StatusCode::NOT_FOUND, Json(json!({ "error": "not found" }))).into_response()
 }
 
-/// Serves until `shutdown` resolves, then lets requests in flight finish
-/// for up to [`SHUTDOWN_GRACE`] and returns, closing whatever is left.
+/// Binds `address` with a listen backlog of `net.core.somaxconn` (as read
+/// in this network namespace).
+pub fn listen(address: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let backlog = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(DEFAULT_BACKLOG);
+    let socket = Socket::new(
+        Domain::for_address(address),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
+    // As std and tokio do: a restarted daemon can bind while the old
+    // one's connections linger in TIME_WAIT.
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(backlog)?;
+    debug!(%address, backlog, "listening");
+    TcpListener::from_std(socket.into())
+}
+
+/// Serves until `shutdown` resolves, then stops accepting, lets requests in
+/// flight finish for up to [`SHUTDOWN_GRACE`] and returns, closing whatever
+/// is left.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let (signalled, on_signal) = tokio::sync::oneshot::channel::<()>();
-    let shutdown = async move {
-        shutdown.await;
-        let _ = signalled.send(());
-    };
-    let server = axum::serve(listener, router).with_graceful_shutdown(shutdown);
-    tokio::select! {
-        result = server => result,
-        () = async {
-            if on_signal.await.is_ok() {
-                tokio::time::sleep(SHUTDOWN_GRACE).await;
-            } else {
-                std::future::pending::<()>().await;
+) -> io::Result<()> {
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .keep_alive(true);
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of descriptors or memory: the connection waits in
+                    // the backlog; try again shortly rather than spin.
+                    warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        // Answers are one small write each: do not wait for Nagle.
+        let _ = stream.set_nodelay(true);
+        let connection = http.serve_connection(
+            TokioIo::new(stream),
+            TowerToHyperService::new(router.clone()),
+        );
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                debug!("connection ended: {e}");
             }
-        } => {
-            warn!("connections still open {SHUTDOWN_GRACE:?} after the signal: closing them");
-            Ok(())
-        }
+        });
     }
+    drop(listener);
+    // Idle keep-alive connections close now; busy ones after their answer.
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        warn!("connections still open {SHUTDOWN_GRACE:?} after the signal: closing them");
+    }
+    Ok(())
 }

@@ -19,6 +19,7 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
     ensure_test_tools()?;
     ensure_prometheus_parser()?;
     let bin = build::release()?;
+    lint()?;
 
     println!("[test] unit and HTTP tests");
     run_checked(
@@ -52,6 +53,42 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
             ])
             .args(extra),
         "black-box tests",
+    )
+}
+
+/// Clippy with warnings as errors, the workspace's lints included (every
+/// unsafe block documented): on the host crates, then on the kernel program
+/// for its own target with the nightly that builds it.
+fn lint() -> anyhow::Result<()> {
+    println!("[test] clippy -D warnings");
+    run_checked(
+        build::cargo().args([
+            "clippy",
+            "--release",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+        "clippy",
+    )?;
+    run_checked(
+        Command::new("cargo")
+            .current_dir(build::workspace_root().join("spawner-sidecar-ebpf"))
+            .env("PATH", crate::setup::path_with_cargo_bin())
+            .args([
+                "+nightly",
+                "clippy",
+                "--release",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+                "--",
+                "-D",
+                "warnings",
+            ]),
+        "clippy on the kernel program",
     )
 }
 

@@ -177,9 +177,8 @@ async fn run(
     // Bind before checking: a busy port should fail fast.
     let listener = if args.server {
         let address = std::net::SocketAddr::from((args.address, args.port));
-        let listener = tokio::net::TcpListener::bind(address)
-            .await
-            .with_context(|| format!("cannot listen on {address}"))?;
+        let listener =
+            crate::serve::listen(address).with_context(|| format!("cannot listen on {address}"))?;
         Some(listener)
     } else {
         None
