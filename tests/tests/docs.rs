@@ -110,10 +110,8 @@ fn parse_help(text: &str) -> Help {
         let trimmed = line.trim();
         let (head, rest) = trimmed.split_once("  ").unwrap_or((trimmed, ""));
         match section {
-            "Commands" if indent < 8 => {
-                if head != "help" {
-                    subcommands.push(head.to_string());
-                }
+            "Commands" if indent < 8 && head != "help" => {
+                subcommands.push(head.to_string());
             }
             "Options" | "Arguments"
                 if indent < 8 && (trimmed.starts_with('-') || trimmed.starts_with('<')) =>
