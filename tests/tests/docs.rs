@@ -4,7 +4,8 @@
 //! tables, and every row names something `--help` shows; the config file's
 //! documented keys are the daemon's flags and the binary accepts that file;
 //! `--help` states the ranges the binary enforces; and every relative link
-//! in the README and `docs/` resolves, anchors included.
+//! in the README and `docs/` resolves, anchors included; every `--flag`
+//! they name is a flag of the binary.
 //!
 //! A flag table is a markdown table whose header is
 //! `| flag | environment | default | meaning |`, under a heading whose first
@@ -391,6 +392,65 @@ fn a_missing_or_fake_row_is_named() {
             "not reported: {expected}\n{problems}"
         );
     }
+}
+
+/// Long flags the docs name that belong to other tools: `cargo xtask bench`.
+const OTHER_TOOLS_FLAGS: &[&str] = &["--quick", "--only"];
+
+/// Every `--flag` token in `text` (not the middle of a word like `a--b`).
+fn long_flags(text: &str) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        let bytes = line.as_bytes();
+        for (at, _) in line.match_indices("--") {
+            let before = at.checked_sub(1).map(|i| bytes[i]);
+            let starts_word = bytes.get(at + 2).is_some_and(u8::is_ascii_lowercase);
+            if before.is_some_and(|b| b.is_ascii_alphanumeric() || b == b'-') || !starts_word {
+                continue;
+            }
+            let name: String = line[at..]
+                .chars()
+                .enumerate()
+                .take_while(|(i, c)| *i < 2 || c.is_ascii_alphanumeric() || *c == '-')
+                .map(|(_, c)| c)
+                .collect();
+            out.push((number + 1, name.trim_end_matches('-').to_string()));
+        }
+    }
+    out
+}
+
+/// Prose, examples and YAML name flags too: a renamed flag must not live on
+/// there.
+#[test]
+fn every_flag_the_docs_name_is_a_flag_of_the_binary() {
+    let help = help_of_every_command();
+    let known: BTreeSet<String> = help
+        .values()
+        .flat_map(|h| &h.flags)
+        .filter_map(|f| f.spec.split([' ', ',']).find(|w| w.starts_with("--")))
+        .map(str::to_string)
+        .chain(OTHER_TOOLS_FLAGS.iter().map(|f| f.to_string()))
+        .collect();
+    let mut unknown = Vec::new();
+    let mut seen = 0;
+    for (file, text) in doc_files() {
+        for (line, flag) in long_flags(&text) {
+            seen += 1;
+            if !known.contains(&flag) {
+                unknown.push(format!("{file}:{line}: {flag}"));
+            }
+        }
+    }
+    assert!(
+        unknown.is_empty(),
+        "the docs name flags that no command's --help shows:\n  {}",
+        unknown.join("\n  ")
+    );
+    assert!(
+        seen > 50,
+        "only {seen} flags found in the docs: is the scan broken?"
+    );
 }
 
 /// The `toml` block under `## Every key` in docs/config.md.
