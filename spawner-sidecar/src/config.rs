@@ -15,7 +15,7 @@ use crate::{
 /// shares.
 #[derive(Debug, Clone, clap::Args)]
 pub struct WatchArgs {
-    /// TCP port to watch; repeat the flag or separate ports with commas
+    /// TCP port to watch (1-65535); repeat the flag or separate ports with commas
     #[arg(long, value_name = "PORT", env = "SPAWNER_SIDECAR_MONITOR_PORT", default_value = "8080",
           value_delimiter = ',', value_parser = clap::value_parser!(u16).range(1..))]
     pub monitor_port: Vec<u16>,
@@ -28,7 +28,7 @@ pub struct WatchArgs {
     #[arg(long, value_name = "PATH", env = "SPAWNER_SIDECAR_KERNEL_BTF", default_value = crate::source::ebpf::kernel_btf::VMLINUX_BTF)]
     pub kernel_btf: PathBuf,
 
-    /// Leave connections from this CIDR out of every count and of activity; repeatable
+    /// Leave connections from this CIDR out of every count and of activity; repeat the flag or separate with commas, at most 256
     #[arg(
         long,
         value_name = "CIDR",
@@ -77,7 +77,7 @@ pub struct Config {
     #[arg(long, env = "SPAWNER_SIDECAR_ALL_PORTS")]
     pub all_ports: bool,
 
-    /// tick for polling sources, logs and actions
+    /// Tick for polling sources, logs and actions, in seconds (1-86400)
     #[arg(long, value_name = "SECS", env = "SPAWNER_SIDECAR_REFRESH_RATE_SECONDS", default_value_t = 10,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub refresh_rate_seconds: u64,
@@ -110,7 +110,7 @@ pub struct Config {
           value_parser = parse_duration)]
     pub activity_min_age: Duration,
 
-    /// Capacity of the eBPF source's per-connection map (connection ages)
+    /// Capacity of the eBPF source's per-connection map (connection ages), 1-1048576
     #[arg(long, value_name = "N", env = "SPAWNER_SIDECAR_MAX_TRACKED_CONNECTIONS",
           default_value_t = DEFAULT_MAX_SOCKETS,
           value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
