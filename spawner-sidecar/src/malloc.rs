@@ -27,3 +27,13 @@ pub fn tune() {
         libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
     }
 }
+
+/// Gives freed heap back to the system (glibc keeps it for reuse, so a
+/// burst's buffers would stay resident): for after start-up and bursts.
+pub fn release_freed() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free memory; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}

@@ -7,7 +7,17 @@
 //! `bind`, asks for 128, so a burst of 1 000 clients overflows it and the
 //! dropped SYNs are retried a second later), a timeout for connections that
 //! never send a request, and a deadline on shutdown.
-use std::{future::Future, io, net::SocketAddr, pin::pin, time::Duration};
+use std::{
+    future::Future,
+    io,
+    net::SocketAddr,
+    pin::pin,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use axum::{
     Json, Router,
@@ -24,6 +34,8 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
+use crate::malloc;
+
 /// How long open connections may keep the server alive after the signal:
 /// a client holding a connection (or a long `/wait-for-idle`) open must not
 /// keep a terminating pod alive until its grace period runs out.
@@ -34,6 +46,12 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// connects and sends nothing would otherwise hold a task and a descriptor
 /// forever. Prometheus and controllers reconnect when it was closed.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A burst: at least this many connections open at once. Once it has
+/// passed (few left open), the freed buffers are handed back to the system.
+const BURST: usize = 64;
+/// How often the end of a burst is looked for.
+const TRIM_CHECK: Duration = Duration::from_secs(1);
 
 /// Backlog when `net.core.somaxconn` cannot be read; the kernel caps any
 /// backlog at that value anyway.
@@ -80,6 +98,8 @@ pub async fn serve(
         .header_read_timeout(HEADER_TIMEOUT)
         .keep_alive(true);
     let graceful = GracefulShutdown::new();
+    let load = Arc::new(Load::default());
+    let trimmer = tokio::spawn(trim_after_bursts(load.clone()));
     let mut shutdown = pin!(shutdown);
     loop {
         let stream = tokio::select! {
@@ -102,13 +122,16 @@ pub async fn serve(
             TowerToHyperService::new(router.clone()),
         );
         let connection = graceful.watch(connection);
+        let open = Open::new(&load);
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 debug!("connection ended: {e}");
             }
+            drop(open);
         });
     }
     drop(listener);
+    trimmer.abort();
     // Idle keep-alive connections close now; busy ones after their answer.
     if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
         .await
@@ -117,4 +140,43 @@ pub async fn serve(
         warn!("connections still open {SHUTDOWN_GRACE:?} after the signal: closing them");
     }
     Ok(())
+}
+
+/// Connections open now, and the most open since the last trim.
+#[derive(Default)]
+struct Load {
+    open: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+/// One open connection, counted while it lives.
+struct Open(Arc<Load>);
+
+impl Open {
+    fn new(load: &Arc<Load>) -> Self {
+        let now = load.open.fetch_add(1, Ordering::Relaxed) + 1;
+        load.peak.fetch_max(now, Ordering::Relaxed);
+        Open(load.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// After a burst of connections has passed, hands the heap its buffers
+/// used back to the system: glibc keeps freed memory for reuse, so without
+/// this the resident size stays at the burst's high-water mark.
+async fn trim_after_bursts(load: Arc<Load>) {
+    loop {
+        tokio::time::sleep(TRIM_CHECK).await;
+        let open = load.open.load(Ordering::Relaxed);
+        if load.peak.load(Ordering::Relaxed) >= BURST && open < BURST / 4 {
+            load.peak.store(open, Ordering::Relaxed);
+            malloc::release_freed();
+            debug!("burst over: freed heap released");
+        }
+    }
 }
