@@ -2,77 +2,40 @@
 //! process, and the servers it checks (plain HTTP with a chosen behaviour,
 //! HTTPS with a test CA made at run time, a port whose connects hang).
 use std::{
-    io::{BufRead, BufReader, Read, Write},
+    io::{Read, Write},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
     path::PathBuf,
-    process::{Child, Command, ExitStatus, Stdio},
+    process::{Command, ExitStatus},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering},
+        atomic::{AtomicU16, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
 
-use crate::binary;
+use test_support::{binary, process::Process};
 
 /// `spawner-sidecar heartbeat ...` running, its stderr collected.
 pub struct Heartbeat {
-    child: Child,
-    pub started: Instant,
-    /// When the process was seen to have exited.
-    pub exited: Option<Instant>,
-    /// Each stderr line and when it arrived.
-    log: Arc<Mutex<Vec<(Instant, String)>>>,
-    /// Set once stderr reached its end: the log is complete.
-    log_complete: Arc<AtomicBool>,
-    serving: std::sync::mpsc::Receiver<Option<u16>>,
+    process: Process,
 }
 
 impl Heartbeat {
     /// Starts `heartbeat args` with `env` on top of a clean TLS environment
     /// (no SSL_CERT_FILE/SSL_CERT_DIR from the caller).
     pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Heartbeat {
-        let mut child = Command::new(binary())
-            .arg("heartbeat")
-            .args(args)
-            .env_remove("SSL_CERT_FILE")
-            .env_remove("SSL_CERT_DIR")
-            .envs(env.iter().copied())
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn spawner-sidecar heartbeat");
-        let started = Instant::now();
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, serving) = std::sync::mpsc::channel();
-        let sink = log.clone();
-        let log_complete = Arc::new(AtomicBool::new(false));
-        let complete = log_complete.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains(" serving ") {
-                    let port = line
-                        .split_whitespace()
-                        .find_map(|w| w.strip_prefix("address="))
-                        .and_then(|a| a.parse::<SocketAddr>().ok())
-                        .map(|a| a.port());
-                    let _ = tx.send(port);
-                }
-                sink.lock().unwrap().push((Instant::now(), line));
-            }
-            complete.store(true, Ordering::SeqCst);
-        });
-        Heartbeat {
-            child,
-            started,
-            exited: None,
-            log,
-            log_complete,
-            serving,
-        }
+        let process = Process::spawn(
+            Command::new(binary())
+                .arg("heartbeat")
+                .args(args)
+                .env_remove("SSL_CERT_FILE")
+                .env_remove("SSL_CERT_DIR")
+                .envs(env.iter().copied())
+                .env("RUST_LOG", "info"),
+            None,
+        )
+        .expect("spawn spawner-sidecar heartbeat");
+        Heartbeat { process }
     }
 
     /// Starts `heartbeat --server` on a free loopback port and waits for it
@@ -86,90 +49,58 @@ impl Heartbeat {
     }
 
     pub fn wait_serving(&mut self) -> u16 {
-        match self.serving.recv_timeout(Duration::from_secs(10)) {
-            Ok(Some(port)) => port,
-            _ => {
-                let _ = self.child.kill();
-                let status = self.child.wait().ok();
-                std::thread::sleep(Duration::from_millis(100));
-                panic!(
-                    "heartbeat did not start serving ({status:?}); log:\n{}",
-                    self.log()
-                );
-            }
-        }
+        self.process
+            .wait_serving(Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("heartbeat did not start serving: {e}"))
     }
 
     pub fn log(&self) -> String {
-        let log = self.log.lock().unwrap();
-        let lines: Vec<&str> = log.iter().map(|(_, l)| l.as_str()).collect();
-        lines.join("\n")
+        self.process.log()
+    }
+
+    /// When the process was started.
+    pub fn started(&self) -> Instant {
+        self.process.started
+    }
+
+    /// When the process was seen to have exited ([`Heartbeat::wait_exit`] first).
+    pub fn exited(&self) -> Instant {
+        self.process.exited.expect("wait_exit first")
     }
 
     /// Time from the arrival of the first line containing `needle` to the
     /// exit: unlike the time since spawn, free of start-up delays (a cold
     /// binary on a loaded machine can take a second to start).
     pub fn exit_after_line(&self, needle: &str) -> Duration {
-        let exited = self.exited.expect("wait_exit first");
-        let log = self.log.lock().unwrap();
-        let (at, _) = log
-            .iter()
-            .find(|(_, l)| l.contains(needle))
+        let at = self
+            .process
+            .line_time(needle)
             .unwrap_or_else(|| panic!("no line with {needle:?}"));
-        exited.saturating_duration_since(*at)
+        self.exited().saturating_duration_since(at)
     }
 
     /// Lines of the log containing `needle`.
     pub fn count(&self, needle: &str) -> usize {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(_, l)| l.contains(needle))
-            .count()
+        self.process.count(needle)
     }
 
     /// The exit status, once the process ended within `timeout`; panics
     /// (after killing it) otherwise. Waits for the log to be complete.
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                self.exited = Some(Instant::now());
-                let read_by = Instant::now() + Duration::from_secs(2);
-                while !self.log_complete.load(Ordering::SeqCst) && Instant::now() < read_by {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!(
-                    "heartbeat still running after {timeout:?}; log:\n{}",
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        self.process
+            .wait_exit(timeout)
+            .unwrap_or_else(|e| panic!("heartbeat: {e}"))
     }
 
     pub fn is_running(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
+        self.process.is_running()
     }
 
     /// SIGTERM, then the exit status (within 5 s).
     pub fn terminate(&mut self) -> ExitStatus {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        self.wait_exit(Duration::from_secs(5))
-    }
-}
-
-impl Drop for Heartbeat {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process
+            .terminate(Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("heartbeat: {e}"))
     }
 }
 

@@ -8,9 +8,7 @@ use std::{
     time::Duration,
 };
 
-use integration_tests::{
-    Sidecar, binary, ebpf_supported, eventually, free_port, http_request, loaded_program_ids,
-};
+use test_support::{Sidecar, binary, bpf, eventually, free_port, http, require_ebpf};
 
 fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let out = Command::new(binary())
@@ -175,17 +173,14 @@ fn routes_404_405_and_healthz_on_the_real_server() {
         sidecar.get("/healthz"),
         (200, serde_json::json!({"status": "ok", "source": "proc"}))
     );
-    assert_eq!(http_request(sidecar.port, "GET", "/metricz").0, 404);
-    assert_eq!(http_request(sidecar.port, "POST", "/").0, 405);
-    assert_eq!(http_request(sidecar.port, "DELETE", "/status").0, 405);
+    assert_eq!(http::request(sidecar.port, "GET", "/metricz").0, 404);
+    assert_eq!(http::request(sidecar.port, "POST", "/").0, 405);
+    assert_eq!(http::request(sidecar.port, "DELETE", "/status").0, 405);
 }
 
 #[test]
 fn sigterm_exits_0_and_leaves_no_program_attached() {
-    if let Err(reason) = ebpf_supported() {
-        println!("skipping: {reason}");
-        return;
-    }
+    require_ebpf!();
     let sidecar = Sidecar::start(&[
         "--source",
         "ebpf",
@@ -194,13 +189,13 @@ fn sigterm_exits_0_and_leaves_no_program_attached() {
     ]);
     let ours = sidecar.program_ids();
     assert_eq!(ours.len(), 1, "exactly one program held by the sidecar");
-    assert!(loaded_program_ids("track_tcp_state").contains(&ours[0]));
+    assert!(bpf::loaded_program_ids("track_tcp_state").contains(&ours[0]));
     let log_before_stop = sidecar.log();
     let status = sidecar.stop();
     assert!(status.success(), "exit {status:?}; log:\n{log_before_stop}");
     // The kernel frees a program once its last reference is gone (RCU).
     eventually(Duration::from_secs(5), || {
-        if loaded_program_ids("track_tcp_state").contains(&ours[0]) {
+        if bpf::loaded_program_ids("track_tcp_state").contains(&ours[0]) {
             Err(format!("program {} still loaded after exit", ours[0]))
         } else {
             Ok(())

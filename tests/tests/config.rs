@@ -4,8 +4,8 @@
 
 use std::{path::PathBuf, process::Command};
 
-use integration_tests::{Sidecar, binary, free_port};
 use serde_json::Value;
+use test_support::{Sidecar, binary, free_port};
 
 /// A file in a directory of this test process, removed with it.
 struct TempFile(PathBuf);

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use integration_tests::{
-    Server, Sidecar, ebpf_supported, eventually, expect_established, free_port, ss_count,
+use test_support::{
+    Server, Sidecar, eventually, expect::expect_established, free_port, require_ebpf, ss,
 };
 
 fn before_during_and_after(source: &str) {
@@ -36,7 +36,7 @@ fn before_during_and_after(source: &str) {
     server.close_all();
     expect_established(&sidecar, port, 0);
     // Clients closed first: TIME_WAIT sits on their side, not on ours.
-    assert_eq!(ss_count(None, "time-wait", port), 0);
+    assert_eq!(ss::count(None, "time-wait", port), 0);
     assert_eq!(sidecar.status()["waiting_connections"], 0);
 
     server.shutdown();
@@ -52,10 +52,7 @@ fn before_during_and_after(source: &str) {
 
 #[test]
 fn ebpf_counts_connections_from_before_start_and_after_and_closed() {
-    if let Err(reason) = ebpf_supported() {
-        println!("skipping: {reason}");
-        return;
-    }
+    require_ebpf!();
     before_during_and_after("ebpf");
 }
 
@@ -71,10 +68,7 @@ fn sock_diag_counts_connections_from_before_start_and_after_and_closed() {
 
 #[test]
 fn auto_picks_ebpf_where_the_kernel_allows() {
-    if let Err(reason) = ebpf_supported() {
-        println!("skipping: {reason}");
-        return;
-    }
+    require_ebpf!();
     let sidecar = Sidecar::start(&["--monitor-port", &free_port().to_string()]);
     assert_eq!(
         sidecar.status()["source"],
@@ -86,10 +80,7 @@ fn auto_picks_ebpf_where_the_kernel_allows() {
 
 #[test]
 fn counts_ipv6_and_ipv4_mapped_connections_on_dual_stack_listener() {
-    if let Err(reason) = ebpf_supported() {
-        println!("skipping: {reason}");
-        return;
-    }
+    require_ebpf!();
     for source in ["ebpf", "sock-diag", "proc"] {
         let port = free_port();
         let mut server = Server::dual_stack(port);

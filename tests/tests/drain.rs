@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use integration_tests::{Server, Sidecar, binary, ebpf_supported, free_port, http_get};
+use test_support::{Server, Sidecar, binary, free_port, http, require_ebpf};
 
 fn drain_returns_when_the_last_connection_closes(source: &str) {
     let port = free_port();
@@ -18,7 +18,7 @@ fn drain_returns_when_the_last_connection_closes(source: &str) {
     let serve = sidecar.port;
     let asked = Instant::now();
     let drain = std::thread::spawn(move || {
-        let answer = http_get(serve, "/wait-for-idle?quiet=1s&timeout=20s");
+        let answer = http::get(serve, "/wait-for-idle?quiet=1s&timeout=20s");
         (answer, asked.elapsed())
     });
     std::thread::sleep(Duration::from_millis(1500));
@@ -37,10 +37,7 @@ fn drain_returns_when_the_last_connection_closes(source: &str) {
 
 #[test]
 fn wait_for_idle_returns_once_the_last_connection_has_been_gone_for_quiet_ebpf() {
-    if let Err(reason) = ebpf_supported() {
-        println!("skipping: {reason}");
-        return;
-    }
+    require_ebpf!();
     drain_returns_when_the_last_connection_closes("ebpf");
 }
 
@@ -98,10 +95,7 @@ fn wait_idle(args: &[&str]) -> (i32, String, Duration) {
 
 #[test]
 fn wait_idle_subcommand_exits_0_when_quiet_and_1_at_the_timeout() {
-    if let Err(reason) = ebpf_supported() {
-        println!("skipping: {reason}");
-        return;
-    }
+    require_ebpf!();
     let port = free_port();
     let port_text = port.to_string();
     let server = Server::v4(port);
@@ -154,10 +148,7 @@ fn wait_idle_subcommand_exits_0_when_quiet_and_1_at_the_timeout() {
 /// it: one there at start, and one that appears while `wait-idle` waits.
 #[test]
 fn time_wait_holds_wait_idle_on_the_ebpf_source() {
-    if let Err(reason) = ebpf_supported() {
-        println!("skipping: {reason}");
-        return;
-    }
+    require_ebpf!();
     let port = free_port();
     let port_text = port.to_string();
     let mut server = Server::v4(port);

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use integration_tests::{Netns, Server, Sidecar, ebpf_supported, eventually, http_get, ss_count};
+use test_support::{Netns, Server, Sidecar, eventually, http, require_ebpf, ss};
 
 const LIFECYCLES: usize = 200_000;
 const PORT: u16 = 8080;
@@ -59,10 +59,7 @@ fn lifecycle(listener: &TcpListener, i: usize) -> bool {
 
 #[test]
 fn counts_equal_ss_after_200000_mixed_lifecycles() {
-    if let Err(reason) = ebpf_supported() {
-        println!("skipping: {reason}");
-        return;
-    }
+    require_ebpf!();
     // Its own namespace: its own port space and TIME_WAIT table, and no
     // other test's sockets on port 8080.
     let ns = Netns::new("drift");
@@ -72,7 +69,7 @@ fn counts_equal_ss_after_200000_mixed_lifecycles() {
         s
     });
     let sidecar = Sidecar::start_in(
-        Some(&ns.name),
+        Some(ns.name()),
         &[
             "--source",
             "ebpf",
@@ -112,13 +109,13 @@ fn counts_equal_ss_after_200000_mixed_lifecycles() {
 
     // Quiet now. TIME_WAIT comes from a snapshot: allow one tick. All of it
     // is younger than 60 s, so none expires while we compare.
-    let ns_name = ns.name.clone();
+    let ns_name = ns.name().to_string();
     eventually(Duration::from_secs(5), || {
-        let status = ns.run(move || http_get(port, "/").1);
+        let status = ns.run(move || http::get(port, "/").1);
         let truth = (
-            ss_count(Some(&ns_name), "established", PORT),
-            ss_count(Some(&ns_name), "time-wait", PORT),
-            ss_count(Some(&ns_name), "listening", PORT),
+            ss::count(Some(&ns_name), "established", PORT),
+            ss::count(Some(&ns_name), "time-wait", PORT),
+            ss::count(Some(&ns_name), "listening", PORT),
         );
         let got = (
             status["active_connections"].as_u64().unwrap_or(u64::MAX),

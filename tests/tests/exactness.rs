@@ -8,20 +8,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use integration_tests::{
-    Netns, Server, Sidecar, ebpf_supported, eventually, expect_established, expect_matches_ss,
-    field, free_port, ss_count,
-};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
-
-macro_rules! require_ebpf {
-    () => {
-        if let Err(reason) = ebpf_supported() {
-            println!("skipping: {reason}");
-            return;
-        }
-    };
-}
+use test_support::{
+    Netns, Server, Sidecar, bpf, eventually,
+    expect::{expect_established, expect_matches_ss},
+    field, free_port, http, require_ebpf, skip, ss,
+};
 
 fn loopback(port: u16) -> SockAddr {
     SockAddr::from(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
@@ -33,6 +25,17 @@ fn stream(protocol: i32) -> std::io::Result<Socket> {
 }
 
 const IPPROTO_TCP: i32 = 6;
+
+/// Waits until the sidecar's kernel program has counted at least `want`
+/// of counter `index` (a `bpf::STAT_*`).
+fn wait_for_stat(sidecar: &Sidecar, index: u32, want: u64) {
+    eventually(Duration::from_secs(5), || {
+        let got = sidecar.program_stat(index);
+        (got >= want).then_some(()).ok_or(format!(
+            "program counter {index} at {got}, waiting for {want}"
+        ))
+    });
+}
 
 fn start(source: &str, port: u16, refresh: &str) -> Sidecar {
     Sidecar::start(&[
@@ -64,25 +67,30 @@ fn connections_in_another_namespace_on_the_same_port_change_nothing() {
     expect_established(&sidecar, port, 5);
     // 25 more over there while we watch, then all of theirs closed: each
     // would move our count if the program did not filter by namespace.
+    // Each must first reach the program, which sets it aside as another
+    // namespace's (at least one state change per connection on their
+    // server side); only then does an unchanged count prove anything.
+    let seen = sidecar.program_stat(bpf::STAT_OTHER_NETNS);
     let mut theirs = other.run(move || {
         let mut s = theirs;
         s.connect(25);
         s
     });
-    std::thread::sleep(Duration::from_millis(200));
+    wait_for_stat(&sidecar, bpf::STAT_OTHER_NETNS, seen + 25);
     let status = sidecar.status();
     assert_eq!(
         status["active_connections"], 5,
         "after 25 opened elsewhere: {status}"
     );
+    let seen = sidecar.program_stat(bpf::STAT_OTHER_NETNS);
     theirs.close_all();
-    std::thread::sleep(Duration::from_millis(200));
+    wait_for_stat(&sidecar, bpf::STAT_OTHER_NETNS, seen + 50);
     let status = sidecar.status();
     assert_eq!(
         status["active_connections"], 5,
         "after 50 closed elsewhere: {status}"
     );
-    assert_eq!(ss_count(None, "established", port), 5);
+    assert_eq!(ss::count(None, "established", port), 5);
     theirs.shutdown();
     assert_eq!(
         sidecar.status()["listening"],
@@ -99,7 +107,7 @@ fn sidecar_in_a_namespace_counts_only_that_namespace() {
     let mut ours = Server::v4(port);
     ours.connect(10); // noise in the root namespace
     let sidecar = Sidecar::start_in(
-        Some(&ns.name),
+        Some(ns.name()),
         &["--source", "ebpf", "--monitor-port", &port.to_string()],
         &[],
     );
@@ -110,12 +118,12 @@ fn sidecar_in_a_namespace_counts_only_that_namespace() {
         s.connect(3);
         s
     });
-    let status = ns.run(move || integration_tests::http_get(sidecar_port, "/").1);
+    let status = ns.run(move || http::get(sidecar_port, "/").1);
     assert_eq!(status["source"], "ebpf", "{status}");
     assert_eq!(status["active_connections"], 3, "{status}");
     pod.close_all();
     eventually(Duration::from_secs(5), || {
-        let status = ns.run(move || integration_tests::http_get(sidecar_port, "/").1);
+        let status = ns.run(move || http::get(sidecar_port, "/").1);
         (status["active_connections"] == 0)
             .then_some(())
             .ok_or(format!("{status}"))
@@ -242,7 +250,7 @@ fn short_client_closed_requests_count_as_activity() {
     }
     let _listener = server.join().unwrap();
     assert_eq!(
-        ss_count(None, "time-wait", port),
+        ss::count(None, "time-wait", port),
         0,
         "client-first close leaves no TIME_WAIT here"
     );
@@ -297,9 +305,12 @@ fn service_restart_flips_listening_and_keeps_counts_exact_proc() {
 fn mptcp_connection_level_transitions_are_not_counted_twice() {
     require_ebpf!();
     const IPPROTO_MPTCP: i32 = 262;
-    let Ok(listener) = stream(IPPROTO_MPTCP) else {
-        println!("skipping: kernel without MPTCP (CONFIG_MPTCP or net.mptcp.enabled)");
-        return;
+    let listener = match stream(IPPROTO_MPTCP) {
+        Ok(listener) => listener,
+        Err(e) if skip::protocol_missing(&e) => {
+            return skip::kernel_lacks("MPTCP (CONFIG_MPTCP or net.mptcp.enabled)");
+        }
+        Err(e) => panic!("MPTCP socket: {e}"),
     };
     let port = free_port();
     let sidecar = start("ebpf", port, "1");
@@ -315,7 +326,7 @@ fn mptcp_connection_level_transitions_are_not_counted_twice() {
     eventually(Duration::from_secs(3), || {
         let (got, truth) = (
             field(&sidecar, "active_connections"),
-            ss_count(None, "established", port),
+            ss::count(None, "established", port),
         );
         (got == truth && truth >= 3)
             .then_some(())
@@ -332,20 +343,23 @@ fn sctp_is_not_counted() {
     // SCTP sockets fire the same tracepoint; only a kernel with SCTP can
     // show that they are filtered out.
     const IPPROTO_SCTP: i32 = 132;
-    if stream(IPPROTO_SCTP).is_err() {
-        println!("skipping: kernel without SCTP (CONFIG_IP_SCTP not set)");
-        return;
-    }
+    let listener = match stream(IPPROTO_SCTP) {
+        Ok(listener) => listener,
+        Err(e) if skip::protocol_missing(&e) => return skip::kernel_lacks("SCTP"),
+        Err(e) => panic!("SCTP socket: {e}"),
+    };
     require_ebpf!();
     let port = free_port();
     let sidecar = start("ebpf", port, "1");
-    let listener = stream(IPPROTO_SCTP).unwrap();
+    let not_tcp = sidecar.program_stat(bpf::STAT_NOT_TCP);
     listener.bind(&loopback(port)).unwrap();
     listener.listen(4).unwrap();
     let client = stream(IPPROTO_SCTP).unwrap();
     client.connect(&loopback(port)).unwrap();
     let _conn = listener.accept().unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    // Nothing to count unless the program saw them: wait until it set
+    // events on our port aside as not TCP.
+    wait_for_stat(&sidecar, bpf::STAT_NOT_TCP, not_tcp + 1);
     let status = sidecar.status();
     assert_eq!(
         (

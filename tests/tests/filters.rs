@@ -9,9 +9,7 @@ use std::{
     time::Duration,
 };
 
-use integration_tests::{
-    Server, Sidecar, connect_from, ebpf_supported, eventually, field, free_port, ss_count,
-};
+use test_support::{Server, Sidecar, eventually, field, free_port, require_ebpf, sockets, ss};
 
 const PROBER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
 
@@ -32,25 +30,25 @@ fn ignore_peer(source: &str) {
     let listener = TcpListener::bind(v4_addr).unwrap();
     // A probe from 127.0.0.2, the same to a dual-stack listener (its peer
     // is ::ffff:127.0.0.2), and one real client.
-    let mut probe = connect_from(PROBER, v4_addr);
+    let mut probe = sockets::connect_from(PROBER, v4_addr);
     let probe_accepted = listener.accept().unwrap().0;
     let mapped = Server::dual_stack(dual);
-    let probe_mapped = connect_from(PROBER, SocketAddr::from((Ipv4Addr::LOCALHOST, dual)));
+    let probe_mapped = sockets::connect_from(PROBER, SocketAddr::from((Ipv4Addr::LOCALHOST, dual)));
     let probe_mapped_accepted = mapped.listener().accept().unwrap().0;
     // And an IPv6 peer (::1), matched as such.
     let v6 = IpAddr::V6(Ipv6Addr::LOCALHOST);
-    let probe_v6 = connect_from(v6, SocketAddr::new(v6, dual));
+    let probe_v6 = sockets::connect_from(v6, SocketAddr::new(v6, dual));
     let probe_v6_accepted = mapped.listener().accept().unwrap().0;
     let real = TcpStream::connect(v4_addr).unwrap();
     let real_accepted = listener.accept().unwrap().0;
     eventually(Duration::from_secs(5), || {
         let status = sidecar.status();
-        let truth = ss_count(None, "established", v4) + ss_count(None, "established", dual);
+        let truth = ss::count(None, "established", v4) + ss::count(None, "established", dual);
         (truth == 4 && status["active_connections"] == 1 && status["ignored_connections"] == 3)
             .then_some(())
             .ok_or(format!(
                 "ss {truth}: {status}\nss: {}\nlog:\n{}",
-                ss_list(&[v4, dual]),
+                ss::listing("established", &[v4, dual]),
                 sidecar.log()
             ))
     });
@@ -73,7 +71,7 @@ fn ignore_peer(source: &str) {
     drop(probe);
     eventually(Duration::from_secs(3), || {
         let status = sidecar.status();
-        let tw = ss_count(None, "time-wait", v4);
+        let tw = ss::count(None, "time-wait", v4);
         (tw == 1 && status["waiting_connections"] == 0 && status["ignored_connections"] == 3)
             .then_some(())
             .ok_or(format!("ss time-wait {tw}: {status}"))
@@ -87,26 +85,9 @@ fn ignore_peer(source: &str) {
     ));
 }
 
-/// `ss` lines of established sockets on `ports`, for failure messages.
-fn ss_list(ports: &[u16]) -> String {
-    let filter = ports
-        .iter()
-        .map(|p| format!("sport = :{p}"))
-        .collect::<Vec<_>>()
-        .join(" or ");
-    let out = std::process::Command::new("ss")
-        .args(["-Htanie", "state", "established", &format!("( {filter} )")])
-        .output()
-        .expect("run ss");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[test]
 fn ignored_peers_are_counted_apart_and_are_not_activity_ebpf() {
-    if let Err(reason) = ebpf_supported() {
-        println!("skipping: {reason}");
-        return;
-    }
+    require_ebpf!();
     ignore_peer("ebpf");
 }
 
@@ -140,10 +121,7 @@ fn probe_closed_by_client(server: &Server, port: u16) {
 
 #[test]
 fn young_connections_and_their_time_wait_are_not_activity_ebpf() {
-    if let Err(reason) = ebpf_supported() {
-        println!("skipping: {reason}");
-        return;
-    }
+    require_ebpf!();
     let port = free_port();
     let server = Server::v4(port);
     let sidecar = Sidecar::start(&[
@@ -164,7 +142,7 @@ fn young_connections_and_their_time_wait_are_not_activity_ebpf() {
     // Counted, but not activity: idle since start, 2+ s ago.
     eventually(Duration::from_secs(3), || {
         let status = sidecar.status();
-        let tw = ss_count(None, "time-wait", port);
+        let tw = ss::count(None, "time-wait", port);
         (tw == 5 && status["waiting_connections"] == 5)
             .then_some(())
             .ok_or(format!("ss time-wait {tw}: {status}"))

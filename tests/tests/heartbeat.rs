@@ -10,12 +10,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use integration_tests::{
-    binary, eventually, free_port,
-    heartbeat::{Behaviour, HangingPort, Heartbeat, HttpServer, TlsServer},
-    http_get, http_request,
-};
+use integration_tests::heartbeat::{Behaviour, HangingPort, Heartbeat, HttpServer, TlsServer};
 use serde_json::Value;
+use test_support::{binary, eventually, free_port, http, sockets};
 
 fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let out = Command::new(binary())
@@ -38,7 +35,7 @@ fn last_line(hb: &Heartbeat) -> String {
 /// Waits until `GET /` answers `code`; returns the body.
 fn expect_answer(port: u16, code: u16, hb: &Heartbeat) -> Value {
     eventually(Duration::from_secs(5), || {
-        let (got, body) = http_get(port, "/");
+        let (got, body) = http::get(port, "/");
         if got == code {
             Ok(body)
         } else {
@@ -159,7 +156,7 @@ fn closed_port_exits_1_after_exactly_retries_plus_one_checks() {
         );
     }
     // Checks at 0, 200 and 400 ms: not sooner, not much later.
-    let since_spawn = hb.exited.unwrap() - hb.started;
+    let since_spawn = hb.exited() - hb.started();
     let since_start = hb.exit_after_line(" checking ");
     assert!(since_spawn >= Duration::from_millis(400), "{since_spawn:?}");
     assert!(since_start < Duration::from_secs(2), "{since_start:?}");
@@ -176,7 +173,7 @@ fn closed_port_exits_1_after_exactly_retries_plus_one_checks() {
 #[test]
 fn keeps_running_while_healthy_one_connection_per_check_and_sigterm_exits_0() {
     let open = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-    let _accepted = integration_tests::accept_all(open.try_clone().unwrap());
+    let _accepted = sockets::accept_all(open.try_clone().unwrap());
     let ok = HttpServer::start(Behaviour::Answer, 200);
     let redirect = HttpServer::start(Behaviour::Answer, 302);
     let tcp = format!("tcp://localhost:{}", open.local_addr().unwrap().port());
@@ -229,7 +226,7 @@ fn hanging_tcp_port_fails_at_the_timeout() {
     let status = hb.wait_exit(Duration::from_secs(5));
     assert_eq!(status.code(), Some(1), "{}", hb.log());
     // Not before the timeout, and within a second after it.
-    let since_spawn = hb.exited.unwrap() - hb.started;
+    let since_spawn = hb.exited() - hb.started();
     let since_start = hb.exit_after_line(" checking ");
     assert!(since_spawn >= Duration::from_millis(500), "{since_spawn:?}");
     assert!(
@@ -268,7 +265,7 @@ fn http_server_that_never_answers_or_trickles_fails_at_the_timeout() {
         let mut hb = Heartbeat::spawn(&["-c", &uri, "-t", "700ms", "-r", "0"], &[]);
         let status = hb.wait_exit(Duration::from_secs(5));
         assert_eq!(status.code(), Some(1), "{}", hb.log());
-        let since_spawn = hb.exited.unwrap() - hb.started;
+        let since_spawn = hb.exited() - hb.started();
         let since_start = hb.exit_after_line(" checking ");
         assert!(since_spawn >= Duration::from_millis(700), "{since_spawn:?}");
         assert!(
@@ -306,7 +303,7 @@ fn https_is_healthy_with_the_ca_trusted_and_fails_untrusted_or_for_another_name(
         &[],
     );
     let body = eventually(Duration::from_secs(5), || {
-        let (code, body) = http_get(port, "/");
+        let (code, body) = http::get(port, "/");
         let states = (
             body["targets"][0]["state"].clone(),
             body["targets"][1]["state"].clone(),
@@ -364,14 +361,14 @@ fn https_is_healthy_with_the_ca_trusted_and_fails_untrusted_or_for_another_name(
 #[test]
 fn server_is_503_while_a_target_is_pending_with_per_target_json() {
     let open = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-    let _accepted = integration_tests::accept_all(open.try_clone().unwrap());
+    let _accepted = sockets::accept_all(open.try_clone().unwrap());
     let tcp = format!("tcp://127.0.0.1:{}", open.local_addr().unwrap().port());
     let silent = HttpServer::start(Behaviour::Silent, 200);
     let slow = silent.url("/");
     // The silent target's first check takes the whole 3 s timeout.
     let (hb, port) = Heartbeat::serve(&["-c", &tcp, "-c", &slow, "-t", "3s", "-i", "200ms"], &[]);
     let body = eventually(Duration::from_secs(2), || {
-        let (code, body) = http_get(port, "/");
+        let (code, body) = http::get(port, "/");
         if code == 503 && body["targets"][0]["state"] == "healthy" {
             Ok(body)
         } else {
@@ -433,9 +430,9 @@ fn server_flips_to_503_on_failure_and_back_to_200_on_recovery() {
     assert_eq!(body["targets"][0]["last_error"], Value::Null);
     assert_eq!(hb.count("target recovered"), 1, "{}", hb.log());
 
-    assert_eq!(http_request(port, "GET", "/healthz").0, 404);
-    assert_eq!(http_request(port, "POST", "/").0, 405);
-    assert_eq!(http_request(port, "DELETE", "/").0, 405);
+    assert_eq!(http::request(port, "GET", "/healthz").0, 404);
+    assert_eq!(http::request(port, "POST", "/").0, 405);
+    assert_eq!(http::request(port, "DELETE", "/").0, 405);
     assert_eq!(hb.terminate().code(), Some(0), "{}", hb.log());
 }
 

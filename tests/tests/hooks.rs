@@ -9,10 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use integration_tests::{
-    Netns, Server, Sidecar, ebpf_supported, eventually, free_port, http_get_with, parse_metrics,
-    sample,
-};
+use test_support::{Netns, Server, Sidecar, eventually, free_port, prometheus, require_ebpf};
 
 /// A directory of this test process for the hooks to write into.
 fn scratch(name: &str) -> PathBuf {
@@ -51,10 +48,7 @@ fn wait_lines(path: &Path, n: usize, timeout: Duration) -> Instant {
 
 #[test]
 fn on_idle_after_the_idle_time_and_on_active_at_the_next_connection_ebpf() {
-    if let Err(reason) = ebpf_supported() {
-        println!("skipping: {reason}");
-        return;
-    }
+    require_ebpf!();
     let dir = scratch("cycle");
     let (idle, active, overlap) = (dir.join("idle"), dir.join("active"), dir.join("overlap"));
     // Each hook holds a lock directory for 300 ms: a second hook running at
@@ -118,9 +112,9 @@ fn on_idle_after_the_idle_time_and_on_active_at_the_next_connection_ebpf() {
     assert_eq!(lines(&idle).len(), 2);
     assert_eq!(lines(&active).len(), 1);
     assert!(lines(&overlap).is_empty(), "two hooks ran at once");
-    let samples = parse_metrics(&http_get_with(sidecar.port, "/metrics", &[]).2, false);
+    let samples = sidecar.metrics();
     assert_eq!(
-        sample(
+        prometheus::sample(
             &samples,
             "spawner_sidecar_hook_runs_total",
             &[("hook", "on-idle"), ("result", "ok")]
@@ -157,8 +151,8 @@ fn a_failing_hook_is_logged_counted_and_retried_and_a_hung_one_killed() {
     std::thread::sleep(Duration::from_secs(3));
     let runs = lines(&marker).len();
     assert!((3..=5).contains(&runs), "{runs} runs in about 3 s");
-    let samples = parse_metrics(&http_get_with(sidecar.port, "/metrics", &[]).2, false);
-    let failed = sample(
+    let samples = sidecar.metrics();
+    let failed = prometheus::sample(
         &samples,
         "spawner_sidecar_hook_runs_total",
         &[("hook", "on-idle"), ("result", "failed")],
@@ -191,8 +185,8 @@ fn a_failing_hook_is_logged_counted_and_retried_and_a_hung_one_killed() {
         &format!("sleep {tag} & wait"),
     ]);
     eventually(Duration::from_secs(6), || {
-        let samples = parse_metrics(&http_get_with(sidecar.port, "/metrics", &[]).2, false);
-        sample(
+        let samples = sidecar.metrics();
+        prometheus::sample(
             &samples,
             "spawner_sidecar_hook_runs_total",
             &[("hook", "on-idle"), ("result", "timeout")],
@@ -270,7 +264,7 @@ fn hooks_are_told_the_ports_found_under_all_ports() {
     let ns = Netns::new("hook-ports");
     let service = ns.run(|| Server::v4(9191));
     let sidecar = Sidecar::start_in(
-        Some(&ns.name),
+        Some(ns.name()),
         &[
             "--source",
             "sock-diag",

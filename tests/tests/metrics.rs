@@ -8,21 +8,26 @@ use std::{
     time::{Duration, Instant},
 };
 
-use integration_tests::{
-    Sample, Server, Sidecar, ebpf_supported, eventually, free_port, http_get_with, parse_metrics,
-    sample, ss_count, ss_count_family,
+use test_support::{
+    Server, Sidecar, eventually, free_port, http, prometheus, require_ebpf,
+    ss::{self, Family},
 };
 
 const OPENMETRICS: &str =
     "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5";
 
-fn scrape(sidecar: &Sidecar, openmetrics: bool) -> Vec<Sample> {
+fn scrape(sidecar: &Sidecar, openmetrics: bool) -> Vec<prometheus::Sample> {
     let headers: &[(&str, &str)] = if openmetrics {
         &[("Accept", OPENMETRICS)]
     } else {
         &[]
     };
-    let (code, content_type, body) = http_get_with(sidecar.port, "/metrics", headers);
+    let response = http::get_with(sidecar.port, "/metrics", headers);
+    let (code, content_type, body) = (
+        response.code,
+        response.header("content-type").unwrap_or_default(),
+        &response.body,
+    );
     assert_eq!(code, 200, "{body}");
     let want = if openmetrics {
         "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -30,7 +35,7 @@ fn scrape(sidecar: &Sidecar, openmetrics: bool) -> Vec<Sample> {
         "text/plain; version=0.0.4; charset=utf-8"
     };
     assert_eq!(content_type, want);
-    parse_metrics(&body, openmetrics)
+    prometheus::parse(body, openmetrics)
 }
 
 fn metrics_equal_ss(source: &str) {
@@ -60,9 +65,11 @@ fn metrics_equal_ss(source: &str) {
                     [("established", "established"), ("time_wait", "time-wait")]
                 {
                     for family in ["ipv4", "ipv6"] {
-                        let truth = ss_count_family(ss_state, port, family) as f64;
+                        let truth =
+                            ss::count_family(ss_state, port, Family::from_label(family).unwrap())
+                                as f64;
                         let port_text = port.to_string();
-                        let got = sample(
+                        let got = prometheus::sample(
                             &samples,
                             "spawner_sidecar_connections",
                             &[("port", &port_text), ("state", state), ("family", family)],
@@ -78,11 +85,11 @@ fn metrics_equal_ss(source: &str) {
         let samples = scrape(&sidecar, openmetrics);
         let a_text = a.to_string();
         assert_eq!(
-            sample(&samples, "spawner_sidecar_listening", &[("port", &a_text)]),
+            prometheus::sample(&samples, "spawner_sidecar_listening", &[("port", &a_text)]),
             Some(1.0)
         );
         assert_eq!(
-            sample(
+            prometheus::sample(
                 &samples,
                 "spawner_sidecar_source_info",
                 &[("source", source)]
@@ -90,7 +97,7 @@ fn metrics_equal_ss(source: &str) {
             Some(1.0)
         );
         assert!(
-            sample(
+            prometheus::sample(
                 &samples,
                 "spawner_sidecar_connections_opened_total",
                 &[("port", &a_text)]
@@ -99,16 +106,13 @@ fn metrics_equal_ss(source: &str) {
         );
     }
     // The expected shape, so a test that passes proves something.
-    assert_eq!(ss_count_family("time-wait", a, "ipv4"), 2);
-    assert_eq!(ss_count_family("established", b, "ipv6"), 3);
+    assert_eq!(ss::count_family("time-wait", a, Family::Ipv4), 2);
+    assert_eq!(ss::count_family("established", b, Family::Ipv6), 3);
 }
 
 #[test]
 fn metrics_parsed_by_prometheus_equal_ss_per_port_state_and_family_ebpf() {
-    if let Err(reason) = ebpf_supported() {
-        println!("skipping: {reason}");
-        return;
-    }
+    require_ebpf!();
     metrics_equal_ss("ebpf");
 }
 
@@ -124,7 +128,7 @@ fn metrics_parsed_by_prometheus_equal_ss_per_port_state_and_family_proc() {
 
 fn long_lived(sidecar: &Sidecar, port: u16) -> f64 {
     let port = port.to_string();
-    sample(
+    prometheus::sample(
         &scrape(sidecar, false),
         "spawner_sidecar_long_lived_connections",
         &[("port", &port)],
@@ -169,15 +173,12 @@ fn long_lived_across_the_boundary(source: &str) {
     );
     until(start, Duration::from_millis(4300));
     assert_eq!(long_lived(&sidecar, port), 4.0, "and the one from 1 s");
-    assert_eq!(ss_count(None, "established", port), 4);
+    assert_eq!(ss::count(None, "established", port), 4);
 }
 
 #[test]
 fn long_lived_counts_connections_once_they_are_old_enough_ebpf() {
-    if let Err(reason) = ebpf_supported() {
-        println!("skipping: {reason}");
-        return;
-    }
+    require_ebpf!();
     long_lived_across_the_boundary("ebpf");
 }
 
@@ -193,17 +194,14 @@ fn long_lived_counts_connections_once_they_are_old_enough_sock_diag() {
 
 #[test]
 fn opened_and_closed_counters_see_connections_between_scrapes_ebpf() {
-    if let Err(reason) = ebpf_supported() {
-        println!("skipping: {reason}");
-        return;
-    }
+    require_ebpf!();
     let port = free_port();
     let server = Server::v4(port);
     let sidecar = Sidecar::start(&["--source", "ebpf", "--monitor-port", &port.to_string()]);
     let port_text = port.to_string();
     let counters = |sidecar: &Sidecar| {
         let samples = scrape(sidecar, true);
-        let get = |name| sample(&samples, name, &[("port", &port_text)]).unwrap();
+        let get = |name| prometheus::sample(&samples, name, &[("port", &port_text)]).unwrap();
         (
             get("spawner_sidecar_connections_opened_total"),
             get("spawner_sidecar_connections_closed_total"),

@@ -7,11 +7,10 @@ use std::{
     time::Duration,
 };
 
-use integration_tests::{
-    Netns, Server, Sidecar, ebpf_supported, eventually, free_port, http_get, http_get_with,
-    parse_metrics, sample, ss_count,
-};
 use serde_json::Value;
+use test_support::{
+    Netns, Server, Sidecar, eventually, free_port, http, prometheus, require_ebpf, ss,
+};
 
 fn port_field(status: &Value, port: u16, field: &str) -> Value {
     status["ports"][port.to_string()][field].clone()
@@ -36,8 +35,8 @@ fn several_ports(source: &str, comma_separated: bool) {
     eventually(Duration::from_secs(5), || {
         let status = sidecar.status();
         let (truth_a, truth_b) = (
-            ss_count(None, "established", a),
-            ss_count(None, "established", b),
+            ss::count(None, "established", a),
+            ss::count(None, "established", b),
         );
         let got = (
             port_field(&status, a, "active_connections"),
@@ -77,10 +76,7 @@ fn several_ports(source: &str, comma_separated: bool) {
 
 #[test]
 fn several_ports_each_equal_ss_and_the_top_level_sums_ebpf() {
-    if let Err(reason) = ebpf_supported() {
-        println!("skipping: {reason}");
-        return;
-    }
+    require_ebpf!();
     several_ports("ebpf", false);
 }
 
@@ -96,13 +92,13 @@ fn several_ports_each_equal_ss_and_the_top_level_sums_proc() {
 
 /// `GET path` on a sidecar inside `ns`.
 fn status_in(ns: &Netns, port: u16) -> Value {
-    ns.run(move || http_get(port, "/").1)
+    ns.run(move || http::get(port, "/").1)
 }
 
 fn all_ports(source: &str) {
     let ns = Netns::new(&format!("all-{source}"));
     let sidecar = Sidecar::start_in(
-        Some(&ns.name),
+        Some(ns.name()),
         &[
             "--source",
             source,
@@ -168,10 +164,7 @@ fn all_ports(source: &str) {
 
 #[test]
 fn all_ports_follows_listeners_as_they_come_and_go_ebpf() {
-    if let Err(reason) = ebpf_supported() {
-        println!("skipping: {reason}");
-        return;
-    }
+    require_ebpf!();
     all_ports("ebpf");
 }
 
@@ -189,14 +182,11 @@ fn all_ports_follows_listeners_as_they_come_and_go_proc() {
 /// program reports it: a 10 ms connection 200 ms after `listen()` is seen.
 #[test]
 fn all_ports_sees_a_short_connection_right_after_a_new_listener_ebpf() {
-    if let Err(reason) = ebpf_supported() {
-        println!("skipping: {reason}");
-        return;
-    }
+    require_ebpf!();
     let ns = Netns::new("all-quick");
     // A long tick: only the kernel's report can get the port followed.
     let sidecar = Sidecar::start_in(
-        Some(&ns.name),
+        Some(ns.name()),
         &[
             "--source",
             "ebpf",
@@ -218,12 +208,12 @@ fn all_ports_sees_a_short_connection_right_after_a_new_listener_ebpf() {
         drop(accepted);
         s
     });
-    let metrics = ns.run(move || http_get_with(serve, "/metrics", &[]).2);
-    let samples = parse_metrics(&metrics, false);
+    let metrics = ns.run(move || http::get_with(serve, "/metrics", &[]).body);
+    let samples = prometheus::parse(&metrics, false);
     let port_text = port.to_string();
     let labels = [("port", port_text.as_str())];
     assert_eq!(
-        sample(
+        prometheus::sample(
             &samples,
             "spawner_sidecar_connections_opened_total",
             &labels
@@ -232,7 +222,7 @@ fn all_ports_sees_a_short_connection_right_after_a_new_listener_ebpf() {
         "{metrics}"
     );
     assert_eq!(
-        sample(
+        prometheus::sample(
             &samples,
             "spawner_sidecar_connections_closed_total",
             &labels

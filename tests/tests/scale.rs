@@ -7,21 +7,25 @@ use std::{
     time::{Duration, Instant},
 };
 
-use integration_tests::{
-    ClientProcess, Sidecar, accept_all, ebpf_supported, eventually, free_port, ss_count,
-};
+use test_support::{Sidecar, eventually, free_port, require_ebpf, sockets, ss};
 
 const EXISTING: u64 = 10_000;
 
 fn first_answer_is_exact(source: &str) {
     let port = free_port();
-    let accepted = accept_all(TcpListener::bind((Ipv4Addr::LOCALHOST, port)).unwrap());
-    let clients = ClientProcess::connect(port, EXISTING as usize);
+    let accepted = sockets::accept_all(TcpListener::bind((Ipv4Addr::LOCALHOST, port)).unwrap());
+    let clients = sockets::Holder::connect(
+        &sockets::hold_connections_beside_tests(),
+        None,
+        port,
+        EXISTING as usize,
+    )
+    .unwrap();
     eventually(Duration::from_secs(20), || {
         let n = accepted.lock().unwrap().len() as u64;
         (n == EXISTING).then_some(()).ok_or(format!("{n} accepted"))
     });
-    assert_eq!(ss_count(None, "established", port), EXISTING);
+    assert_eq!(ss::count(None, "established", port), EXISTING);
 
     let started = Instant::now();
     let sidecar = Sidecar::start(&["--source", source, "--monitor-port", &port.to_string()]);
@@ -42,7 +46,7 @@ fn first_answer_is_exact(source: &str) {
     eventually(Duration::from_secs(10), || {
         let (got, truth) = (
             sidecar.status()["active_connections"].as_u64(),
-            ss_count(None, "established", port),
+            ss::count(None, "established", port),
         );
         (got == Some(0) && truth == 0)
             .then_some(())
@@ -52,10 +56,7 @@ fn first_answer_is_exact(source: &str) {
 
 #[test]
 fn first_answer_exact_with_10000_existing_connections_ebpf() {
-    if let Err(reason) = ebpf_supported() {
-        println!("skipping: {reason}");
-        return;
-    }
+    require_ebpf!();
     first_answer_is_exact("ebpf");
 }
 
