@@ -1,11 +1,13 @@
 //! `cargo xtask test`: unit tests, then the black-box tests against the
 //! release binary on the real kernel, one at a time (they share the
-//! kernel's sockets and ports).
-use std::process::Command;
+//! kernel's sockets and ports); last, the tests that skipped, counted by
+//! reason, so a skip never passes for a pass.
+use std::{fs, io, process::Command};
 
 use anyhow::{Context as _, bail};
+use test_support::skip::{SKIPS_ENV, Summary};
 
-use crate::build::{self, run_checked};
+use crate::build::{self, run_checked, target_dir};
 
 /// Tools the black-box tests use as ground truth or to build namespaces.
 const TEST_TOOLS: &[(&str, &[&str], &str)] =
@@ -40,9 +42,19 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
         "[test] black-box tests on the real kernel with {}",
         bin.display()
     );
-    run_checked(
+    // The tests append their skips here; its presence also makes a
+    // kernel that cannot run the eBPF source fail the eBPF tests.
+    let skips = target_dir().join("test-skips.tsv");
+    match fs::remove_file(&skips) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("removing {}", skips.display()));
+        }
+        _ => {}
+    }
+    let result = run_checked(
         build::cargo()
             .env("SPAWNER_SIDECAR_BIN", &bin)
+            .env(SKIPS_ENV, &skips)
             .args([
                 "test",
                 "--release",
@@ -53,7 +65,13 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
             ])
             .args(extra),
         "black-box tests",
-    )
+    );
+    let summary = Summary::read(&skips).with_context(|| format!("reading {}", skips.display()))?;
+    for (test, reason) in &summary.skips {
+        println!("[test] skipped {test}: {reason}");
+    }
+    println!("[test] {summary}");
+    result
 }
 
 /// Clippy with warnings as errors, the workspace's lints included (every

@@ -6,18 +6,20 @@ use std::{
     fmt::{self, Write as _},
     fs,
     path::Path,
-    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use super::{
     MONITOR_PORT, Plan, SERVE_PORT,
-    http::{self, KeepAlive},
     netns::{NETNS, within},
     stats::{median, percentile, sorted},
-    tracker::{Tracker, cpu_ns, memory_mb},
+    status::{self, Connection},
+    tracker::Tracker,
 };
-use crate::build::run_checked;
+use test_support::{
+    procinfo::{Memory, cpu_ns, memory_kb},
+    ss,
+};
 
 const WARM_UP: usize = 20;
 
@@ -66,8 +68,8 @@ pub fn measure(
     let tracker = Tracker::start(bin, NETNS, source, "3600")?;
     let fresh = requests(tracker.pid(), plan, Style::Fresh)?;
     let keep_alive = requests(tracker.pid(), plan, Style::KeepAlive)?;
-    let peak_rss_mb = memory_mb(tracker.pid(), "VmHWM:")?;
-    let rss_mb = memory_mb(tracker.pid(), "VmRSS:")?;
+    let peak_rss_mb = memory_kb(tracker.pid(), Memory::PeakRss)? as f64 / 1024.0;
+    let rss_mb = memory_kb(tracker.pid(), Memory::Rss)? as f64 / 1024.0;
     drop(tracker);
 
     let ticking = Tracker::start(bin, NETNS, source, "1")?;
@@ -90,11 +92,11 @@ fn requests(pid: u32, plan: &Plan, style: Style) -> anyhow::Result<StyleCost> {
     within(move || {
         let mut keep_alive = match style {
             Style::Fresh => None,
-            Style::KeepAlive => Some(KeepAlive::connect(SERVE_PORT)?),
+            Style::KeepAlive => Some(Connection::connect(SERVE_PORT)?),
         };
         let mut get = move || match keep_alive.as_mut() {
             Some(connection) => connection.get(),
-            None => http::get_once(SERVE_PORT),
+            None => status::get_once(SERVE_PORT),
         };
         for _ in 0..WARM_UP {
             get()?;
@@ -127,25 +129,13 @@ pub fn baseline(sockets: usize, runs: usize) -> anyhow::Result<Baseline> {
 }
 
 fn baseline_ss(runs: usize) -> anyhow::Result<f64> {
-    let filter = format!("( sport = :{MONITOR_PORT} )");
+    let query = ss::Query::state("established")
+        .netns(Some(NETNS))
+        .port(MONITOR_PORT);
     let mut times = Vec::new();
     for _ in 0..runs.max(3) {
         let t = Instant::now();
-        run_checked(
-            Command::new("ip")
-                .args([
-                    "netns",
-                    "exec",
-                    NETNS,
-                    "ss",
-                    "-Htan",
-                    "state",
-                    "established",
-                ])
-                .arg(&filter)
-                .stdout(Stdio::null()),
-            "ss",
-        )?;
+        std::hint::black_box(query.count()?);
         times.push(t.elapsed().as_secs_f64() * 1e3);
     }
     Ok(median(times))
@@ -166,7 +156,7 @@ pub fn read_proc(runs: usize) -> anyhow::Result<f64> {
 }
 
 /// Both tables as bytes; through `thread-self`, the only /proc path that
-/// follows a thread moved into the namespace (see `netns::within`).
+/// follows a thread moved into the namespace (see `test_support::netns::run_in`).
 fn read_proc_once() -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
     Ok((
         fs::read("/proc/thread-self/net/tcp")?,

@@ -10,7 +10,9 @@ use std::{
 
 use anyhow::Context as _;
 
-use super::{MONITOR_PORT, sockets::reset_on_close};
+use test_support::sockets::reset_on_close;
+
+use super::MONITOR_PORT;
 
 /// Long-lived connections opened / closed (oldest first) per segment, so
 /// held connections cross checkpoints and the count moves between them.

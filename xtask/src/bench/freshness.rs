@@ -18,12 +18,12 @@ use anyhow::{Context as _, bail};
 
 use super::{
     MONITOR_PORT, Plan, SERVE_PORT,
-    http::KeepAlive,
     netns::{NETNS, within},
-    sockets::reset_on_close,
     stats::{percentile, sorted},
+    status::Connection,
     tracker::Tracker,
 };
+use test_support::sockets::reset_on_close;
 
 /// A sample that has not shown up by then counts as missed.
 const GIVE_UP: Duration = Duration::from_secs(5);
@@ -58,7 +58,7 @@ pub fn measure(
     let samples = plan.freshness_samples;
     let budget = plan.freshness_budget;
     let result = within(move || {
-        let mut api = KeepAlive::connect(SERVE_PORT)?;
+        let mut api = Connection::connect(SERVE_PORT)?;
         let base = api.get()?.active;
         let (mut delays, mut polls, mut poll_times, mut missed) =
             (Vec::new(), Vec::new(), Vec::new(), 0);

@@ -18,10 +18,11 @@ use anyhow::{Context as _, bail};
 
 use super::{
     MONITOR_PORT, Plan,
-    netns::{NETNS, Netns, in_netns},
+    netns::NETNS,
     stats::median,
     tracker::{Tracker, prog_stats},
 };
+use test_support::{Netns, netns};
 
 const STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
 /// Fixed per run, so the ticks cost the same in every round; the snapshot
@@ -121,7 +122,7 @@ impl Drop for StatsSwitch {
 pub fn measure(bin: &Path, loop_bin: &Path, plan: &Plan) -> anyhow::Result<KernelPath> {
     let others: Vec<Netns> = (1..plan.trackers)
         .map(|i| Netns::create(&format!("{NETNS}-c{i}")))
-        .collect::<anyhow::Result<_>>()?;
+        .collect::<std::io::Result<_>>()?;
     let stats = StatsSwitch::new();
     // Throughput runs with statistics off: they add two clock reads to
     // every program run and would inflate B and C.
@@ -224,7 +225,7 @@ fn running_trackers() -> usize {
 }
 
 fn connloop(connloop: &Path, seconds: f64) -> anyhow::Result<f64> {
-    let out = in_netns(NETNS, connloop)
+    let out = netns::command(Some(NETNS), connloop)
         .args([MONITOR_PORT.to_string(), seconds.to_string()])
         .output()
         .context("running connloop")?;

@@ -23,14 +23,13 @@ macro_rules! progress {
 mod answer;
 mod churn;
 mod freshness;
-mod http;
 mod kernel_path;
 mod netns;
 mod population;
 mod procfs_parse;
 mod soak;
-mod sockets;
 mod stats;
+mod status;
 mod targets;
 mod tracker;
 
@@ -39,8 +38,9 @@ use std::{fmt::Write as _, fs, path::PathBuf, process::Command, time::Duration};
 use anyhow::Context as _;
 
 use crate::build::{self, run_checked, target_dir, workspace_root};
-use netns::{NETNS, Netns};
+use netns::NETNS;
 use population::Population;
+use test_support::Netns;
 
 static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
 

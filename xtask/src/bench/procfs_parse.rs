@@ -17,11 +17,12 @@ use procfs::net::TcpState;
 
 use super::{
     MONITOR_PORT, SERVE_PORT,
-    http::KeepAlive,
-    netns::{NETNS, in_netns, within},
+    netns::{NETNS, within},
     stats::{median, thread_cpu_ns},
-    tracker::{Tracker, cpu_ns},
+    status::Connection,
+    tracker::Tracker,
 };
+use test_support::{netns, procinfo::cpu_ns};
 
 /// Established connections on the monitored port, so both sides count
 /// something and can be checked against each other.
@@ -57,7 +58,7 @@ pub fn measure(
     })?;
     let tracker = Tracker::start(bin, NETNS, "proc", "3600")?;
     let pid = tracker.pid();
-    let mut api = within(|| KeepAlive::connect(SERVE_PORT))?;
+    let mut api = within(|| Connection::connect(SERVE_PORT))?;
     let mut t = [(); 6].map(|()| Vec::with_capacity(runs));
     let mut counted = 0;
     for _ in 0..runs {
@@ -116,7 +117,7 @@ struct ChildTiming {
 /// `dev` profile `cargo xtask` runs in would make the crate look slow for
 /// lack of optimisation, not for what it does.
 fn count_in_child(counter: &Path) -> anyhow::Result<ChildTiming> {
-    let out = in_netns(NETNS, counter)
+    let out = netns::command(Some(NETNS), counter)
         .arg(COUNT_COMMAND)
         .output()
         .context("running xtask procfs-count")?;

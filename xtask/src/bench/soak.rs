@@ -10,7 +10,6 @@
 use std::{
     fmt::{self, Write as _},
     path::Path,
-    process::Command,
     sync::{
         Arc, Mutex,
         mpsc::{self, RecvTimeoutError},
@@ -18,14 +17,18 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 
 use super::{
     MONITOR_PORT, Plan, SERVE_PORT,
     churn::{Churn, Mix},
-    http::{self, Status},
     netns::{NETNS, within},
-    tracker::{Tracker, cpu_ns, memory_kb},
+    status::{self, Status},
+    tracker::Tracker,
+};
+use test_support::{
+    procinfo::{Memory, cpu_ns, memory_kb},
+    ss,
 };
 
 const REFRESH_SECONDS: u64 = 1;
@@ -141,7 +144,7 @@ impl RssSampler {
             loop {
                 // A failed read means the tracker is gone; the checkpoint
                 // reports that with a proper error.
-                if let Ok(kb) = memory_kb(pid, "VmRSS:")
+                if let Ok(kb) = memory_kb(pid, Memory::Rss)
                     && let Ok(mut v) = into.lock()
                 {
                     v.push(kb);
@@ -228,7 +231,7 @@ fn checkpoint(
     std::thread::sleep(Duration::from_millis(2_200 * REFRESH_SECONDS));
     let established = ss_count("established")?;
     let listening = ss_count("listening")?;
-    let got = within(|| http::get_once(SERVE_PORT))?;
+    let got = within(|| status::get_once(SERVE_PORT))?;
     let established_after = ss_count("established")?;
     let time_wait_low = ss_count("time-wait")?;
     if established != established_after {
@@ -245,7 +248,7 @@ fn checkpoint(
         ss_time_wait: (time_wait_low, time_wait_high),
         ss_listening: listening > 0,
         got,
-        rss_kb: memory_kb(tracker.pid(), "VmRSS:")?,
+        rss_kb: memory_kb(tracker.pid(), Memory::Rss)?,
         rss_range_kb,
         cpu_percent,
         corrections: tracker.corrections(),
@@ -254,19 +257,10 @@ fn checkpoint(
 
 /// Sockets on the monitored port in `state`, by `ss` in the bench namespace.
 fn ss_count(state: &str) -> anyhow::Result<u64> {
-    let out = Command::new("ip")
-        .args(["netns", "exec", NETNS, "ss", "-Htan", "state", state])
-        .arg(format!("( sport = :{MONITOR_PORT} )"))
-        .output()
-        .context("running ss")?;
-    if !out.status.success() {
-        bail!("ss failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(out
-        .stdout
-        .split(|&b| b == b'\n')
-        .filter(|l| !l.is_empty())
-        .count() as u64)
+    Ok(ss::Query::state(state)
+        .netns(Some(NETNS))
+        .port(MONITOR_PORT)
+        .count()?)
 }
 
 pub fn report(out: &mut String, s: &Soak) -> fmt::Result {
