@@ -31,6 +31,7 @@ pub struct Query<'a> {
     state: Option<&'a str>,
     ports: Vec<u16>,
     extended: bool,
+    processes: bool,
 }
 
 impl<'a> Query<'a> {
@@ -70,10 +71,24 @@ impl<'a> Query<'a> {
         self
     }
 
+    /// The processes holding each socket too (`-p`: `users:(("name",pid=N,fd=M))`);
+    /// a socket still in a listener's accept queue has none.
+    pub fn processes(mut self) -> Self {
+        self.processes = true;
+        self
+    }
+
     /// The sockets, one line each.
     pub fn lines(&self) -> io::Result<Vec<String>> {
         let mut cmd = netns::command(self.netns, "ss");
-        cmd.arg(if self.extended { "-Htanie" } else { "-Htan" });
+        let mut flags = String::from("-Htan");
+        if self.extended {
+            flags.push_str("ie");
+        }
+        if self.processes {
+            flags.push('p');
+        }
+        cmd.arg(flags);
         match self.family {
             Some(Family::Ipv4) => cmd.arg("-4"),
             Some(Family::Ipv6) => cmd.arg("-6"),

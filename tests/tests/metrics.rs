@@ -136,17 +136,29 @@ fn long_lived(sidecar: &Sidecar, port: u16) -> f64 {
     .unwrap()
 }
 
-/// Sleeps until `at` after `start`.
-fn until(start: Instant, at: Duration) {
-    if let Some(left) = at.checked_sub(start.elapsed()) {
-        std::thread::sleep(left);
-    }
+/// `long_lived` now, checked against the clock: no connection counts before
+/// it can be 2 s old. `opened` holds, per connection, an instant no later
+/// than the tracker could date it from. A slow machine only makes the
+/// bound looser, never wrong.
+fn long_lived_checked(sidecar: &Sidecar, port: u16, opened: &[Instant]) -> f64 {
+    let got = long_lived(sidecar, port);
+    let possible = opened
+        .iter()
+        .filter(|o| o.elapsed() >= Duration::from_secs(2))
+        .count() as f64;
+    assert!(
+        got <= possible,
+        "{got} long-lived, but only {possible} can be 2 s old (opened {:?} ago)",
+        opened.iter().map(Instant::elapsed).collect::<Vec<_>>()
+    );
+    got
 }
 
 fn long_lived_across_the_boundary(source: &str) {
     let port = free_port();
     let mut server = Server::v4(port);
-    server.connect(1); // from before start
+    server.connect(1); // from before start: dated from the start at best
+    let mut opened = vec![Instant::now()];
     let sidecar = Sidecar::start(&[
         "--source",
         source,
@@ -157,22 +169,26 @@ fn long_lived_across_the_boundary(source: &str) {
         "--refresh-rate-seconds",
         "1",
     ]);
-    let start = Instant::now();
+    opened.extend([Instant::now(); 2]);
     server.connect(2);
     // A scrape right away: the pollers' first sight of the two new ones.
-    assert_eq!(long_lived(&sidecar, port), 0.0, "nothing is 2 s old yet");
-    until(start, Duration::from_millis(1000));
+    long_lived_checked(&sidecar, port, &opened);
+    std::thread::sleep(Duration::from_secs(1));
+    opened.push(Instant::now());
     server.connect(1);
-    until(start, Duration::from_millis(1500));
-    assert_eq!(long_lived(&sidecar, port), 0.0, "still nothing 2 s old");
-    until(start, Duration::from_millis(2700));
-    assert_eq!(
-        long_lived(&sidecar, port),
-        3.0,
-        "the one from before start and the two opened at 0 s"
-    );
-    until(start, Duration::from_millis(4300));
-    assert_eq!(long_lived(&sidecar, port), 4.0, "and the one from 1 s");
+    long_lived_checked(&sidecar, port, &opened);
+    for (want, which) in [
+        (3.0, "the one from before start and the two opened at 0 s"),
+        (4.0, "and the one from 1 s"),
+    ] {
+        eventually(Duration::from_secs(10), || {
+            let got = long_lived_checked(&sidecar, port, &opened);
+            (got >= want)
+                .then_some(())
+                .ok_or(format!("{got} long-lived, waiting for {which}"))
+        });
+    }
+    assert_eq!(long_lived_checked(&sidecar, port, &opened), 4.0);
     assert_eq!(ss::count(None, "established", port), 4);
 }
 
