@@ -9,9 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use std::process::Command;
-
-use integration_tests::{Server, Sidecar, eventually, free_port};
+use test_support::{Server, Sidecar, eventually, free_port, ss};
 
 /// The daemon's deadline (`serve::SHUTDOWN_GRACE`), and what a loaded
 /// machine may add to it for starting the exit.
@@ -61,13 +59,12 @@ fn sigterm_ends_the_daemon_within_the_deadline_with_1000_drains_open() {
 
 /// Server-side sockets on `port` that a process holds (accepted).
 fn accepted(port: u16) -> usize {
-    let filter = format!("( sport = :{port} )");
-    let out = Command::new("ss")
-        .args(["-Htnp", "state", "established", &filter])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
+    ss::Query::state("established")
+        .port(port)
+        .processes()
         .lines()
+        .unwrap()
+        .iter()
         .filter(|l| l.contains("pid="))
         .count()
 }
