@@ -66,16 +66,34 @@ pub fn protocol_missing(e: &io::Error) -> bool {
 /// skip is recorded and `true` tells the caller to return. Use it through
 /// [`require_ebpf!`](crate::require_ebpf).
 pub fn ebpf_missing() -> bool {
-    let Err(reason) = crate::bpf::ebpf_supported() else {
-        return false;
-    };
-    if std::env::var_os(SKIPS_ENV).is_some() {
-        panic!(
-            "the eBPF source cannot run here ({reason}); `cargo xtask test` runs every eBPF test"
-        );
+    let strict = std::env::var_os(SKIPS_ENV).is_some();
+    match ebpf_verdict(crate::bpf::ebpf_supported(), strict) {
+        EbpfVerdict::Run => false,
+        EbpfVerdict::Fail(why) => panic!("{why}"),
+        EbpfVerdict::Skip(reason) => {
+            skip(&reason);
+            true
+        }
     }
-    skip(&reason);
-    true
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum EbpfVerdict {
+    Run,
+    Skip(String),
+    Fail(String),
+}
+
+/// What an eBPF test does, given whether the kernel can run the source
+/// and whether this is a `cargo xtask test` run.
+fn ebpf_verdict(supported: Result<(), String>, strict: bool) -> EbpfVerdict {
+    match supported {
+        Ok(()) => EbpfVerdict::Run,
+        Err(reason) if strict => EbpfVerdict::Fail(format!(
+            "the eBPF source cannot run here ({reason}); `cargo xtask test` runs every eBPF test"
+        )),
+        Err(reason) => EbpfVerdict::Skip(reason),
+    }
 }
 
 /// Returns from the calling test where the eBPF source cannot run (a
@@ -153,6 +171,20 @@ mod tests {
     fn no_file_is_no_skip() {
         let s = Summary::read(Path::new("/nonexistent/skips")).unwrap();
         assert_eq!(s, Summary::default());
+    }
+
+    #[test]
+    fn a_kernel_without_ebpf_fails_under_xtask_and_skips_elsewhere() {
+        let no = || Err("kernel lacks BTF".to_string());
+        assert_eq!(ebpf_verdict(Ok(()), true), EbpfVerdict::Run);
+        assert_eq!(ebpf_verdict(Ok(()), false), EbpfVerdict::Run);
+        assert!(
+            matches!(ebpf_verdict(no(), true), EbpfVerdict::Fail(why) if why.contains("kernel lacks BTF"))
+        );
+        assert_eq!(
+            ebpf_verdict(no(), false),
+            EbpfVerdict::Skip("kernel lacks BTF".into())
+        );
     }
 
     #[test]
