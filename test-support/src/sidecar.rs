@@ -128,6 +128,11 @@ impl Sidecar {
         self.process.count(needle)
     }
 
+    /// When the first log line containing `needle` arrived.
+    pub fn line_time(&self, needle: &str) -> Option<std::time::Instant> {
+        self.process.line_time(needle)
+    }
+
     /// Ids of the BPF programs this sidecar holds.
     pub fn program_ids(&self) -> Vec<u32> {
         let held = procinfo::held_programs(self.pid())
