@@ -141,6 +141,20 @@ pub fn count_family(state: &str, port: u16, family: Family) -> u64 {
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// Established sockets with local port `port` that a process holds: those
+/// a server has accepted (one still in the accept queue has no owner in
+/// `ss -p`). Panics if `ss` cannot run: for tests.
+pub fn accepted(port: u16) -> usize {
+    Query::state("established")
+        .port(port)
+        .processes()
+        .lines()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .iter()
+        .filter(|l| l.contains("pid="))
+        .count()
+}
+
 /// What `ss` shows of `state` on `ports`, with inodes and owners, as text
 /// for a failure message (the error itself if `ss` fails).
 pub fn listing(state: &str, ports: &[u16]) -> String {

@@ -20,7 +20,7 @@ use std::{
     process::Command,
 };
 
-use integration_tests::binary;
+use test_support::binary;
 
 const PROGRAM: &str = "spawner-sidecar";
 const TABLE_HEADER: [&str; 4] = ["flag", "environment", "default", "meaning"];

@@ -7,11 +7,10 @@
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{Ipv4Addr, TcpStream},
-    process::Command,
     time::{Duration, Instant},
 };
 
-use integration_tests::{Server, Sidecar, eventually, free_port, http_request};
+use test_support::{Server, Sidecar, eventually, free_port, http, ss};
 
 /// The daemon's `serve::HEADER_TIMEOUT`, and how long past it a loaded
 /// machine may take to close.
@@ -74,20 +73,7 @@ fn silent_and_idle_keep_alive_connections_are_closed_after_the_header_timeout() 
         "closed too soon: {idle:?}"
     );
     // Still serving others.
-    assert_eq!(http_request(port, "GET", "/healthz").0, 200);
-}
-
-/// Server-side sockets on `port` that a process holds (accepted).
-fn accepted(port: u16) -> usize {
-    let filter = format!("( sport = :{port} )");
-    let out = Command::new("ss")
-        .args(["-Htnp", "state", "established", &filter])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.contains("pid="))
-        .count()
+    assert_eq!(http::request(port, "GET", "/healthz").0, 200);
 }
 
 #[test]
@@ -107,14 +93,14 @@ fn wait_for_idle_beyond_the_cap_is_a_503_that_says_so() {
         })
         .collect();
     eventually(Duration::from_secs(30), || {
-        let held = accepted(serve);
+        let held = ss::accepted(serve);
         (held >= CAP)
             .then_some(())
             .ok_or(format!("{held} waiters accepted"))
     });
     // Once every slot is taken, one more is refused at once, and says why.
     let (code, body) = eventually(Duration::from_secs(30), || {
-        let (code, body) = http_request(serve, "GET", "/wait-for-idle?quiet=1s&timeout=1s");
+        let (code, body) = http::request(serve, "GET", "/wait-for-idle?quiet=1s&timeout=1s");
         if body.contains("too many waiters") {
             Ok((code, body))
         } else {
@@ -127,7 +113,7 @@ fn wait_for_idle_beyond_the_cap_is_a_503_that_says_so() {
     // the state) instead of being refused.
     drop(waiters.pop());
     let (code, body) = eventually(Duration::from_secs(30), || {
-        let (code, body) = http_request(serve, "GET", "/wait-for-idle?quiet=1s&timeout=1s");
+        let (code, body) = http::request(serve, "GET", "/wait-for-idle?quiet=1s&timeout=1s");
         if body.contains("too many waiters") {
             Err(body)
         } else {

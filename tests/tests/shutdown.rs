@@ -35,7 +35,7 @@ fn sigterm_ends_the_daemon_within_the_deadline_with_1000_drains_open() {
     // All of them accepted by the daemon (a socket still in the accept
     // queue has no owner in `ss -p`) and waiting.
     eventually(Duration::from_secs(30), || {
-        let held = accepted(serve);
+        let held = ss::accepted(serve);
         (held >= 1000)
             .then_some(())
             .ok_or(format!("{held} drains accepted"))
@@ -55,16 +55,4 @@ fn sigterm_ends_the_daemon_within_the_deadline_with_1000_drains_open() {
         let closed = matches!(s.read(&mut buf), Ok(0) | Err(_));
         assert!(closed, "a drain connection is still open after exit");
     }
-}
-
-/// Server-side sockets on `port` that a process holds (accepted).
-fn accepted(port: u16) -> usize {
-    ss::Query::state("established")
-        .port(port)
-        .processes()
-        .lines()
-        .unwrap()
-        .iter()
-        .filter(|l| l.contains("pid="))
-        .count()
 }
