@@ -33,6 +33,8 @@ pub struct App {
     hook_runs: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     /// Reads shared by concurrent callers, without and with connection ages.
     reads: [Coalesced<Result<Reading, String>>; 2],
+    /// Refreshes shared likewise: every waiting drain asks for one a second.
+    refreshes: Coalesced<()>,
 }
 
 /// A reading recorded in the activity, and what the activity made of it.
@@ -63,6 +65,7 @@ impl App {
             source_errors: AtomicU64::new(0),
             hook_runs: Mutex::default(),
             reads: Default::default(),
+            refreshes: Coalesced::default(),
         }
     }
 
@@ -119,15 +122,20 @@ impl App {
     }
 
     /// The source's periodic work (snapshots, reconcile), off the async
-    /// workers; a failure is logged under `context`, and the source keeps
-    /// answering from what it has.
+    /// workers and shared by concurrent callers (each gets one that started
+    /// after it asked); a failure is logged under `context`, and the source
+    /// keeps answering from what it has.
     pub async fn refresh(&self, context: &str) {
-        let source = self.source.clone();
-        match tokio::task::spawn_blocking(move || source.refresh()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => warn!("{context}: refreshing the source: {e}"),
-            Err(e) => warn!("{context}: refresh task failed: {e}"),
-        }
+        self.refreshes
+            .get(|| async {
+                let source = self.source.clone();
+                match tokio::task::spawn_blocking(move || source.refresh()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => warn!("{context}: refreshing the source: {e}"),
+                    Err(e) => warn!("{context}: refresh task failed: {e}"),
+                }
+            })
+            .await
     }
 
     /// The source's own health figures, off the async workers.

@@ -15,12 +15,19 @@ pub enum Threads {
     PerCore,
 }
 
+/// Blocking-pool threads at most. Reads and refreshes of the source are
+/// shared by concurrent callers (`coalesce`), so a few run at once; tokio's
+/// default of 512 let a crowd of callers start hundreds of threads, whose
+/// stacks stayed resident until they timed out.
+const MAX_BLOCKING_THREADS: usize = 8;
+
 /// A runtime, or the one-line error already printed and the exit code.
 pub fn build(threads: Threads) -> Result<Runtime, ExitCode> {
     let mut builder = match threads {
         Threads::One => tokio::runtime::Builder::new_current_thread(),
         Threads::PerCore => tokio::runtime::Builder::new_multi_thread(),
     };
+    builder.max_blocking_threads(MAX_BLOCKING_THREADS);
     builder.enable_all().build().map_err(|e| {
         eprintln!("error: cannot start the async runtime: {e}");
         ExitCode::FAILURE

@@ -21,6 +21,7 @@ macro_rules! progress {
 }
 
 mod answer;
+mod burst;
 mod churn;
 mod freshness;
 mod kernel_path;
@@ -61,6 +62,8 @@ pub enum Section {
     Soak,
     /// Our /proc/net/tcp parser vs the procfs crate
     Procfs,
+    /// 1 000 clients at once: latency, and RSS during and after
+    Burst,
 }
 
 pub struct Options {
@@ -87,6 +90,7 @@ pub struct Plan {
     soak_rate: f64,
     procfs_sizes: Vec<usize>,
     procfs_runs: usize,
+    burst_clients: usize,
 }
 
 impl Plan {
@@ -107,6 +111,7 @@ impl Plan {
                 soak_rate: 1_000.0,
                 procfs_sizes: vec![10_000],
                 procfs_runs: 10,
+                burst_clients: 1_000,
             }
         } else {
             Plan {
@@ -124,6 +129,7 @@ impl Plan {
                 soak_rate: 1_000.0,
                 procfs_sizes: vec![10_000, 100_000],
                 procfs_runs: 30,
+                burst_clients: 1_000,
             }
         }
     }
@@ -142,6 +148,7 @@ struct Results {
     freshness: Vec<freshness::Freshness>,
     soak: Option<soak::Soak>,
     parse: Vec<procfs_parse::ParseCost>,
+    burst: Option<burst::Burst>,
 }
 
 pub use procfs_parse::count_command as procfs_count;
@@ -222,6 +229,10 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     if wants(Section::KernelPath) {
         results.kernel_path = Some(kernel_path::measure(&bin, &connloop, &plan)?);
     }
+    if wants(Section::Burst) {
+        progress!("burst: {} clients at once", plan.burst_clients);
+        results.burst = Some(burst::measure(&bin, &plan)?);
+    }
     if wants(Section::Soak) {
         results.soak = Some(soak::measure(&bin, &plan)?);
     }
@@ -293,6 +304,9 @@ fn render(
     if !results.parse.is_empty() {
         procfs_parse::report(&mut out, &results.parse)?;
         writeln!(out)?;
+    }
+    if let Some(b) = &results.burst {
+        burst::report(&mut out, b)?;
     }
     targets::report(&mut out, results)?;
     Ok(out)
