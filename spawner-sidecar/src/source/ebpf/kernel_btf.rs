@@ -17,8 +17,11 @@
 //! the only table built is the byte offset of each type (4 bytes a type).
 //! Where the kernel lets `/sys/kernel/btf/vmlinux` be mapped (Linux 6.16) the
 //! blob is not even copied: the mapping shows the kernel's own pages, which
-//! count in no process's resident size.
-use std::{fs::File, ops::Range, path::Path};
+//! count in no process's resident size. Elsewhere it is read in pieces:
+//! 64 kB at a time front to back, and the few records a lookup follows.
+use std::{
+    borrow::Cow, cell::RefCell, fs::File, ops::Range, os::unix::fs::FileExt as _, path::Path,
+};
 
 use spawner_sidecar_common::TrackerConfig;
 
@@ -71,19 +74,81 @@ const RECORD: usize = 12;
 /// One struct or union member: name, type, offset.
 const MEMBER: usize = 12;
 
-/// The bytes of a BTF blob, mapped or read.
+/// How much a sequential scan reads at a time from a file.
+const CHUNK: usize = 64 * 1024;
+
+/// Where the blob's bytes come from.
 enum Blob {
+    /// The kernel's own BTF, mapped (Linux 6.16 and later).
     Mapped(memmap2::Mmap),
-    Read(Vec<u8>),
+    /// Any other file, or the kernel's where it cannot be mapped: read in
+    /// pieces where needed, never whole. `.1` is its length.
+    File(File, usize),
+    #[cfg(test)]
+    Bytes(Vec<u8>),
 }
 
 impl Blob {
-    fn bytes(&self) -> &[u8] {
+    fn len(&self) -> usize {
         match self {
-            Blob::Mapped(map) => map,
-            Blob::Read(data) => data,
+            Blob::Mapped(map) => map.len(),
+            Blob::File(_, len) => *len,
+            #[cfg(test)]
+            Blob::Bytes(data) => data.len(),
         }
     }
+
+    /// `len` bytes at `offset`: borrowed when mapped, read when not; `None`
+    /// past the end or when the read fails.
+    fn read(&self, offset: usize, len: usize) -> Option<Cow<'_, [u8]>> {
+        let range = offset..offset.checked_add(len)?;
+        match self {
+            Blob::Mapped(map) => map.get(range).map(Cow::Borrowed),
+            Blob::File(file, size) => {
+                if range.end > *size {
+                    return None;
+                }
+                let mut buf = vec![0; len];
+                file.read_exact_at(&mut buf, offset as u64).ok()?;
+                Some(Cow::Owned(buf))
+            }
+            #[cfg(test)]
+            Blob::Bytes(data) => data.get(range).map(Cow::Borrowed),
+        }
+    }
+}
+
+/// Reads a blob front to back in `CHUNK`s: one read per chunk from a file,
+/// no copy when mapped.
+struct Sequential<'a> {
+    blob: &'a Blob,
+    start: usize,
+    buf: Cow<'a, [u8]>,
+}
+
+impl<'a> Sequential<'a> {
+    fn new(blob: &'a Blob) -> Self {
+        Sequential {
+            blob,
+            start: 0,
+            buf: Cow::Borrowed(&[]),
+        }
+    }
+
+    fn get(&mut self, offset: usize, len: usize) -> Option<&[u8]> {
+        let end = offset.checked_add(len)?;
+        if offset < self.start || end > self.start + self.buf.len() {
+            let want = CHUNK.max(len).min(self.blob.len().saturating_sub(offset));
+            self.buf = self.blob.read(offset, want)?;
+            self.start = offset;
+        }
+        self.buf.get(offset - self.start..end - self.start)
+    }
+}
+
+fn word(bytes: &[u8], index: usize) -> u32 {
+    let at = 4 * index;
+    u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -96,31 +161,54 @@ struct Member {
     bitfield_size: u32,
 }
 
-/// One type record, decoded from the blob on demand.
+/// The fixed part of a type record.
 #[derive(Debug, Clone, Copy)]
-struct Type<'a> {
+struct Header {
     name: u32,
     kind: u32,
     kind_flag: bool,
+    vlen: usize,
     /// `size` for ints, structs, unions, enums; `type` for the others.
     size_or_type: u32,
+}
+
+impl Header {
+    fn decode(record: &[u8]) -> Header {
+        let info = word(record, 1);
+        Header {
+            name: word(record, 0),
+            kind: (info >> 24) & 0x1f,
+            kind_flag: info >> 31 == 1,
+            vlen: (info & 0xffff) as usize,
+            size_or_type: word(record, 2),
+        }
+    }
+}
+
+/// One type record, decoded from the blob on demand.
+#[derive(Debug, Clone)]
+struct Type<'a> {
+    header: Header,
     /// The members' bytes for structs and unions, else empty.
-    members: &'a [u8],
+    members: Cow<'a, [u8]>,
 }
 
 impl Type<'_> {
+    fn kind(&self) -> u32 {
+        self.header.kind
+    }
+
     fn members(&self) -> impl Iterator<Item = Member> + '_ {
         self.members.chunks_exact(MEMBER).map(|m| {
-            let word = |i: usize| u32::from_le_bytes([m[i], m[i + 1], m[i + 2], m[i + 3]]);
-            let (name, type_id, offset) = (word(0), word(4), word(8));
-            let (bit_offset, bitfield_size) = if self.kind_flag {
+            let offset = word(m, 2);
+            let (bit_offset, bitfield_size) = if self.header.kind_flag {
                 (offset & 0x00ff_ffff, offset >> 24)
             } else {
                 (offset, 0)
             };
             Member {
-                name,
-                type_id,
+                name: word(m, 0),
+                type_id: word(m, 1),
                 bit_offset,
                 bitfield_size,
             }
@@ -135,6 +223,8 @@ pub struct Btf {
     /// Byte offset of each type's record in `blob`, indexed by type id;
     /// entry 0 stands for `void`, which has no record.
     records: Vec<u32>,
+    /// Named types found so far: each lookup is a scan of every record.
+    found: RefCell<Vec<(u32, String, Option<u32>)>>,
 }
 
 /// Where a member lives and how wide it is.
@@ -150,10 +240,10 @@ impl Btf {
             path: path.display().to_string(),
             source,
         };
+        let file = File::open(path).map_err(read_error)?;
         // Only the kernel's own BTF is mapped: it cannot change while mapped,
         // which a file anywhere else could.
         if path.starts_with("/sys/kernel/btf")
-            && let Ok(file) = File::open(path)
             // Private and read-only: the kernel refuses shared maps of it.
             // SAFETY: sysfs BTF is read-only kernel memory that no one can
             // modify; every access below is bounds-checked.
@@ -161,62 +251,59 @@ impl Btf {
         {
             return Self::new(Blob::Mapped(map));
         }
-        // Kernels before 6.16 refuse to map it; read it once instead.
-        let data = std::fs::read(path).map_err(read_error)?;
-        Self::new(Blob::Read(data))
+        // Kernels before 6.16 refuse to map it: read in pieces instead.
+        let len = file.metadata().map_err(read_error)?.len();
+        let len = usize::try_from(len).map_err(|_| BtfError::Malformed {
+            reason: format!("{len} bytes is too large"),
+        })?;
+        Self::new(Blob::File(file, len))
     }
 
     #[cfg(test)]
     pub fn parse(data: Vec<u8>) -> Result<Self, BtfError> {
-        Self::new(Blob::Read(data))
+        Self::new(Blob::Bytes(data))
     }
 
     fn new(blob: Blob) -> Result<Self, BtfError> {
-        let data = blob.bytes();
         let bad = |reason: &str| BtfError::Malformed {
             reason: reason.to_string(),
         };
-        let u16_at = |off: usize| -> Option<u16> {
-            Some(u16::from_le_bytes(data.get(off..off + 2)?.try_into().ok()?))
-        };
-        let u32_at = |off: usize| -> Option<u32> {
-            Some(u32::from_le_bytes(data.get(off..off + 4)?.try_into().ok()?))
-        };
-        if u16_at(0) != Some(BTF_MAGIC) {
+        let header = blob.read(0, 24).ok_or_else(|| bad("short header"))?;
+        if header[..2] != BTF_MAGIC.to_le_bytes() {
             return Err(bad("bad magic (not little-endian BTF)"));
         }
-        let header = |off| {
-            u32_at(off)
-                .map(|v| v as usize)
-                .ok_or_else(|| bad("short header"))
-        };
-        let hdr_len = header(4)?;
-        let (type_off, type_len) = (header(8)?, header(12)?);
-        let (str_off, str_len) = (header(16)?, header(20)?);
+        let field = |index| word(&header, index) as usize;
+        let hdr_len = field(1);
+        let (type_off, type_len) = (field(2), field(3));
+        let (str_off, str_len) = (field(4), field(5));
         let types = hdr_len + type_off..hdr_len + type_off + type_len;
         let strings = hdr_len + str_off..hdr_len + str_off + str_len;
-        if strings.end > data.len() {
+        if strings.end > blob.len() {
             return Err(bad("string section out of bounds"));
         }
-        if types.end > data.len() || u32::try_from(types.end).is_err() {
+        if types.end > blob.len() || u32::try_from(types.end).is_err() {
             return Err(bad("type section out of bounds"));
         }
 
         // One pass to find where each record starts; every record and its
         // trailing data is checked to lie within the section here, so later
-        // lookups only slice what is known to be there.
+        // lookups only read what is known to be there.
         let mut records = Vec::with_capacity(type_len / 16 + 1);
         records.push(0);
+        let mut scan = Sequential::new(&blob);
         let mut pos = types.start;
         while pos < types.end {
-            let info = u32_at(pos + 4).ok_or_else(|| bad("truncated type"))?;
-            let vlen = (info & 0xffff) as usize;
-            let extra = match (info >> 24) & 0x1f {
+            let record = scan
+                .get(pos, RECORD)
+                .filter(|_| pos + RECORD <= types.end)
+                .ok_or_else(|| bad(&format!("cannot read the type at byte {pos}")))?;
+            let head = Header::decode(record);
+            let extra = match head.kind {
                 KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
                 KIND_ARRAY => 12,
-                KIND_STRUCT | KIND_UNION => MEMBER * vlen,
-                KIND_ENUM | KIND_FUNC_PROTO => 8 * vlen,
-                KIND_DATASEC | KIND_ENUM64 => 12 * vlen,
+                KIND_STRUCT | KIND_UNION => MEMBER * head.vlen,
+                KIND_ENUM | KIND_FUNC_PROTO => 8 * head.vlen,
+                KIND_DATASEC | KIND_ENUM64 => 12 * head.vlen,
                 0..=19 => 0,
                 other => return Err(bad(&format!("unknown type kind {other}"))),
             };
@@ -227,62 +314,63 @@ impl Btf {
             records.push(pos as u32);
             pos += RECORD + extra;
         }
+        drop(scan);
         Ok(Btf {
             blob,
             strings,
             records,
+            found: RefCell::new(Vec::new()),
         })
     }
 
     fn ty(&self, id: u32) -> Option<Type<'_>> {
         let start = *self.records.get(id as usize).filter(|_| id != 0)? as usize;
-        let data = self.blob.bytes();
-        let word = |i: usize| -> Option<u32> {
-            Some(u32::from_le_bytes(
-                data.get(start + 4 * i..start + 4 * i + 4)?
-                    .try_into()
-                    .ok()?,
-            ))
-        };
-        let (name, info, size_or_type) = (word(0)?, word(1)?, word(2)?);
-        let kind = (info >> 24) & 0x1f;
-        let members = if matches!(kind, KIND_STRUCT | KIND_UNION) {
-            let vlen = (info & 0xffff) as usize;
-            data.get(start + RECORD..start + RECORD + MEMBER * vlen)?
+        let header = Header::decode(&self.blob.read(start, RECORD)?);
+        let members = if matches!(header.kind, KIND_STRUCT | KIND_UNION) {
+            self.blob.read(start + RECORD, MEMBER * header.vlen)?
         } else {
-            &[]
+            Cow::Borrowed(&[][..])
         };
-        Some(Type {
-            name,
-            kind,
-            kind_flag: info >> 31 == 1,
-            size_or_type,
-            members,
-        })
+        Some(Type { header, members })
     }
 
-    /// The name at `offset` in the string section, without its NUL.
-    fn name_bytes(&self, offset: u32) -> &[u8] {
-        let strings = &self.blob.bytes()[self.strings.clone()];
-        let rest = strings.get(offset as usize..).unwrap_or_default();
-        let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
-        &rest[..end]
+    /// Whether the string at `offset` is `name`.
+    fn name_is(&self, offset: u32, name: &str) -> bool {
+        let start = self.strings.start + offset as usize;
+        if start + name.len() >= self.strings.end {
+            return false;
+        }
+        self.blob
+            .read(start, name.len() + 1)
+            .is_some_and(|bytes| bytes[..name.len()] == *name.as_bytes() && bytes[name.len()] == 0)
     }
 
-    /// The first type of `kind` named `name` that `accept` takes: a scan of
-    /// the records, which costs less than a table of every name would.
-    fn find(&self, kind: u32, name: &str, accept: impl Fn(&Type<'_>) -> bool) -> Option<u32> {
-        (1..self.records.len() as u32).find(|&id| {
-            self.ty(id).is_some_and(|ty| {
-                ty.kind == kind && self.name_bytes(ty.name) == name.as_bytes() && accept(&ty)
-            })
-        })
+    /// The first type of `kind` named `name` (with members, if asked): a
+    /// scan of the records, which costs less than a table of every name.
+    fn find(&self, kind: u32, name: &str, with_members: bool) -> Option<u32> {
+        let key = kind | u32::from(with_members) << 8;
+        if let Some((_, _, id)) = self
+            .found
+            .borrow()
+            .iter()
+            .find(|(k, n, _)| *k == key && n == name)
+        {
+            return *id;
+        }
+        let mut scan = Sequential::new(&self.blob);
+        let id = (1..self.records.len()).find_map(|id| {
+            let head = Header::decode(scan.get(self.records[id] as usize, RECORD)?);
+            (head.kind == kind && (!with_members || head.vlen > 0) && self.name_is(head.name, name))
+                .then_some(id as u32)
+        });
+        self.found.borrow_mut().push((key, name.to_string(), id));
+        id
     }
 
     /// The type id of `typedef <name>`: a BTF tracepoint is loaded against
     /// the id of `btf_trace_<tracepoint>`.
     pub fn typedef_id(&self, name: &str) -> Result<u32, BtfError> {
-        self.find(KIND_TYPEDEF, name, |_| true)
+        self.find(KIND_TYPEDEF, name, false)
             .ok_or_else(|| BtfError::NoTypedef {
                 name: name.to_string(),
             })
@@ -292,9 +380,9 @@ impl Btf {
     fn resolve(&self, mut id: u32) -> Option<Type<'_>> {
         for _ in 0..32 {
             let ty = self.ty(id)?;
-            match ty.kind {
+            match ty.kind() {
                 KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
-                    id = ty.size_or_type
+                    id = ty.header.size_or_type
                 }
                 _ => return Some(ty),
             }
@@ -304,8 +392,10 @@ impl Btf {
 
     fn size_of(&self, id: u32) -> Option<u32> {
         let ty = self.resolve(id)?;
-        match ty.kind {
-            KIND_INT | KIND_STRUCT | KIND_UNION | KIND_ENUM | KIND_ENUM64 => Some(ty.size_or_type),
+        match ty.kind() {
+            KIND_INT | KIND_STRUCT | KIND_UNION | KIND_ENUM | KIND_ENUM64 => {
+                Some(ty.header.size_or_type)
+            }
             KIND_PTR => Some(8),
             _ => None,
         }
@@ -317,7 +407,7 @@ impl Btf {
     fn member(&self, ty: &Type<'_>, name: &str, depth: u32) -> Option<(u32, Member)> {
         if let Some(found) = ty
             .members()
-            .find(|m| m.name != 0 && self.name_bytes(m.name) == name.as_bytes())
+            .find(|m| m.name != 0 && self.name_is(m.name, name))
         {
             return Some((found.bit_offset, found));
         }
@@ -326,7 +416,7 @@ impl Btf {
         }
         ty.members().filter(|m| m.name == 0).find_map(|anonymous| {
             let inner = self.resolve(anonymous.type_id)?;
-            if !matches!(inner.kind, KIND_STRUCT | KIND_UNION) {
+            if !matches!(inner.kind(), KIND_STRUCT | KIND_UNION) {
                 return None;
             }
             let (offset, found) = self.member(&inner, name, depth - 1)?;
@@ -338,7 +428,7 @@ impl Btf {
     /// `__sk_common.skc_net.net`).
     pub fn field(&self, struct_name: &str, path: &str) -> Result<Field, BtfError> {
         let id = self
-            .find(KIND_STRUCT, struct_name, |ty| !ty.members.is_empty())
+            .find(KIND_STRUCT, struct_name, true)
             .ok_or_else(|| BtfError::NoStruct {
                 name: struct_name.to_string(),
             })?;
@@ -352,7 +442,7 @@ impl Btf {
             if let Some(parent) = last {
                 ty = self
                     .resolve(parent.type_id)
-                    .filter(|t| matches!(t.kind, KIND_STRUCT | KIND_UNION))
+                    .filter(|t| matches!(t.kind(), KIND_STRUCT | KIND_UNION))
                     .ok_or_else(|| BtfError::NoMember { path: full() })?;
             }
             // Anonymous members nest a few levels deep in practice; the
@@ -680,13 +770,18 @@ mod tests {
         let id = btf
             .typedef_id("btf_trace_inet_sock_set_state")
             .expect("attach point");
-        // Mapped (where the kernel allows) or read, the same blob answers
-        // the same.
-        let read = Btf::parse(std::fs::read(path).expect("read")).expect("parse");
-        assert_eq!(tracker_offsets(&read).expect("offsets"), cfg);
-        assert_eq!(
-            read.typedef_id("btf_trace_inet_sock_set_state").ok(),
-            Some(id)
-        );
+        // Mapped (where the kernel allows), read in pieces, or whole in
+        // memory, the same blob answers the same.
+        let file = File::open(path).expect("open");
+        let len = file.metadata().expect("size").len() as usize;
+        let pieces = Btf::new(Blob::File(file, len)).expect("index");
+        let whole = Btf::parse(std::fs::read(path).expect("read")).expect("parse");
+        for other in [pieces, whole] {
+            assert_eq!(tracker_offsets(&other).expect("offsets"), cfg);
+            assert_eq!(
+                other.typedef_id("btf_trace_inet_sock_set_state").ok(),
+                Some(id)
+            );
+        }
     }
 }
