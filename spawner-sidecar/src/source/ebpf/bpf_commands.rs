@@ -6,9 +6,10 @@
 //! parses all of vmlinux BTF (~19 MB at its peak, three times what the
 //! daemon holds afterwards) even for programs that never need it; the type
 //! id a BTF tracepoint is loaded against is all the load needs, and
-//! `kernel_btf` finds it without building a table of every type. aya 0.15
-//! reads BTF lazily but needs a newer compiler than this project builds
-//! with. Everything else (parsing the object, relocations, creating and
+//! `kernel_btf` finds it without building a table of every type. (aya 0.15
+//! no longer parses BTF in its loader, but needs a newer compiler than this
+//! project builds with, and its `BtfTracePoint::load` still takes a parsed
+//! `Btf`.) Everything else (parsing the object, relocations, creating and
 //! using maps) stays aya's.
 use std::{
     ffi::CStr,

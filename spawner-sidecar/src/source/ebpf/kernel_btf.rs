@@ -5,15 +5,15 @@
 //! socket fields at offsets found here at start-up, and the program is loaded
 //! against the type id of its tracepoint found here too. This is a small
 //! reader of the BTF type section (format: Documentation/bpf/btf.rst), written
-//! by hand because aya-obj keeps its type lookups private, btf-rs is LGPL, and
-//! btfparse (Apache-2.0, same offsets) held 60 MB and took 0.45 s to read
-//! vmlinux here (docs/decisions.md has the measurement). It understands only
-//! what offset lookups need (structs, unions, typedefs, modifiers, ints,
-//! pointers, enums) and skips every other kind by its size.
+//! by hand because aya-obj keeps its type lookups private, btf-rs is LGPL,
+//! and btfparse (Apache-2.0, same offsets) added 60 MB to the peak and took
+//! ~0.5 s to read vmlinux here (docs/decisions.md has the measurement). It
+//! understands only what offset lookups need (structs, unions, typedefs,
+//! modifiers, ints, pointers, enums) and skips every other kind by its size.
 //!
-//! Memory is the point of its shape: vmlinux BTF holds ~150 000 types, and a
-//! table of decoded types costs 15-60 MB for a moment, all of it in the
-//! sidecar's peak resident size. Here types are decoded where they lie, and
+//! Memory is the point of its shape: vmlinux BTF holds ~127 000 types here,
+//! and a table of decoded types costs 15-60 MB for a moment, all of it in
+//! the sidecar's peak resident size. Here types are decoded where they lie, and
 //! the only table built is the byte offset of each type (4 bytes a type).
 //! Where the kernel lets `/sys/kernel/btf/vmlinux` be mapped (Linux 6.16) the
 //! blob is not even copied: the mapping shows the kernel's own pages, which
