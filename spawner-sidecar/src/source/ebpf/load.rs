@@ -1,7 +1,7 @@
 //! Loading the kernel program: offsets and the attach point from BTF, the
 //! maps, the verifier, the attach.
 //!
-//! Memory matters for a sidecar: the daemon holds ~6.5 MB once started, and
+//! Memory matters for a sidecar: the daemon holds ~7 MB once started, and
 //! aya's `EbpfLoader` parses all of vmlinux BTF on construction (~19 MB for
 //! a moment, which stays the process's peak). So the object is loaded with
 //! aya's parts below its loader: aya-obj parses and relocates it, aya creates
