@@ -150,3 +150,25 @@ pub fn attach_tracing(program: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     attr.raw_tracepoint.prog_fd = program.as_raw_fd() as u32;
     sys_bpf_fd(bpf_cmd::BPF_RAW_TRACEPOINT_OPEN, &mut attr)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_names_the_verifiers_last_words() {
+        let error = LoadError {
+            error: io::Error::from_raw_os_error(libc::EINVAL),
+            log: "attach_btf_id 38204 is not a typedef\nprocessed 0 insns (limit 1000000) max_states_per_insn 0\n\n".into(),
+        };
+        assert_eq!(
+            error.to_string(),
+            "Invalid argument (os error 22): verifier: attach_btf_id 38204 is not a typedef"
+        );
+        let silent = LoadError {
+            error: io::Error::from_raw_os_error(libc::EPERM),
+            log: String::new(),
+        };
+        assert_eq!(silent.to_string(), "Operation not permitted (os error 1)");
+    }
+}

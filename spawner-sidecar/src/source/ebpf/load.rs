@@ -281,3 +281,30 @@ where
     let map = Map::from_map_data(data).map_err(|source| SourceError::Map { map: name, source })?;
     T::try_from(map).map_err(|source| SourceError::Map { map: name, source })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_buffers_round_up_to_a_power_of_two_of_pages() {
+        let page = ring_size(1);
+        assert!(page.is_power_of_two() && page >= 4096, "one page: {page}");
+        assert_eq!(ring_size(page), page);
+        assert_eq!(ring_size(page + 1), 2 * page);
+        assert_eq!(ring_size(3 * page), 4 * page);
+    }
+
+    #[test]
+    fn config_bytes_are_the_whole_struct_in_field_order() {
+        let config = TrackerConfig {
+            off_num: 14,
+            activity_min_age_ns: u64::MAX,
+            ..TrackerConfig::default()
+        };
+        let bytes = config_bytes(&config);
+        assert_eq!(bytes.len(), 56);
+        assert_eq!(bytes[..4], 14u32.to_ne_bytes());
+        assert_eq!(bytes[48..], u64::MAX.to_ne_bytes());
+    }
+}
