@@ -255,7 +255,7 @@ pub fn report(
     )?;
     writeln!(
         out,
-        "- *peak RSS*: VmHWM of that tracker after all its requests (its highest resident size, reached while loading); *RSS after*: its VmRSS then, what it holds once started (heap and the pages of its own binary it has touched)."
+        "- *peak RSS*: VmHWM of that tracker after all its requests (its highest resident size since it started, loading included); *RSS after*: its VmRSS then, what it holds once started (heap and the pages of its own binary it has touched)."
     )?;
     writeln!(
         out,

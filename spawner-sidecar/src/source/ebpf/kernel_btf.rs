@@ -1,12 +1,27 @@
-//! Struct offsets from the running kernel's BTF (`/sys/kernel/btf/vmlinux`).
+//! Struct offsets and the attach point's type id from the running kernel's
+//! BTF (`/sys/kernel/btf/vmlinux`).
 //!
 //! Rust eBPF programs get no CO-RE relocations, so the kernel program reads
-//! socket fields at offsets found here at start-up. This is a small reader of
-//! the BTF type section (format: Documentation/bpf/btf.rst), written by hand
-//! because aya-obj keeps its type lookups private and btf-rs is LGPL; it
+//! socket fields at offsets found here at start-up, and the program is loaded
+//! against the type id of its tracepoint found here too. This is a small
+//! reader of the BTF type section (format: Documentation/bpf/btf.rst), written
+//! by hand because aya-obj keeps its type lookups private, btf-rs is LGPL,
+//! and btfparse (Apache-2.0, same offsets) added 60 MB to the peak and took
+//! ~0.5 s to read vmlinux here (docs/decisions.md has the measurement). It
 //! understands only what offset lookups need (structs, unions, typedefs,
 //! modifiers, ints, pointers, enums) and skips every other kind by its size.
-use std::{collections::HashMap, path::Path};
+//!
+//! Memory is the point of its shape: vmlinux BTF holds ~127 000 types here,
+//! and a table of decoded types costs 15-60 MB for a moment, all of it in
+//! the sidecar's peak resident size. Here types are decoded where they lie, and
+//! the only table built is the byte offset of each type (4 bytes a type).
+//! Where the kernel lets `/sys/kernel/btf/vmlinux` be mapped (Linux 6.16) the
+//! blob is not even copied: the mapping shows the kernel's own pages, which
+//! count in no process's resident size. Elsewhere it is read in pieces:
+//! 64 kB at a time front to back, and the few records a lookup follows.
+use std::{
+    borrow::Cow, cell::RefCell, fs::File, ops::Range, os::unix::fs::FileExt as _, path::Path,
+};
 
 use spawner_sidecar_common::TrackerConfig;
 
@@ -26,6 +41,9 @@ pub enum BtfError {
     /// A struct the program needs is not in this kernel's BTF.
     #[error("struct {name} not found in kernel BTF")]
     NoStruct { name: String },
+    /// A typedef the program needs is not in this kernel's BTF.
+    #[error("typedef {name} not found in kernel BTF")]
+    NoTypedef { name: String },
     /// A member on the path is missing.
     #[error("member {path} not found in kernel BTF")]
     NoMember { path: String },
@@ -51,8 +69,89 @@ const KIND_DATASEC: u32 = 15;
 const KIND_DECL_TAG: u32 = 17;
 const KIND_TYPE_TAG: u32 = 18;
 const KIND_ENUM64: u32 = 19;
+/// A type record's fixed part: name, info, size-or-type.
+const RECORD: usize = 12;
+/// One struct or union member: name, type, offset.
+const MEMBER: usize = 12;
 
-#[derive(Debug, Clone)]
+/// How much a sequential scan reads at a time from a file.
+const CHUNK: usize = 64 * 1024;
+
+/// Where the blob's bytes come from.
+enum Blob {
+    /// The kernel's own BTF, mapped (Linux 6.16 and later).
+    Mapped(memmap2::Mmap),
+    /// Any other file, or the kernel's where it cannot be mapped: read in
+    /// pieces where needed, never whole. `.1` is its length.
+    File(File, usize),
+    #[cfg(test)]
+    Bytes(Vec<u8>),
+}
+
+impl Blob {
+    fn len(&self) -> usize {
+        match self {
+            Blob::Mapped(map) => map.len(),
+            Blob::File(_, len) => *len,
+            #[cfg(test)]
+            Blob::Bytes(data) => data.len(),
+        }
+    }
+
+    /// `len` bytes at `offset`: borrowed when mapped, read when not; `None`
+    /// past the end or when the read fails.
+    fn read(&self, offset: usize, len: usize) -> Option<Cow<'_, [u8]>> {
+        let range = offset..offset.checked_add(len)?;
+        match self {
+            Blob::Mapped(map) => map.get(range).map(Cow::Borrowed),
+            Blob::File(file, size) => {
+                if range.end > *size {
+                    return None;
+                }
+                let mut buf = vec![0; len];
+                file.read_exact_at(&mut buf, offset as u64).ok()?;
+                Some(Cow::Owned(buf))
+            }
+            #[cfg(test)]
+            Blob::Bytes(data) => data.get(range).map(Cow::Borrowed),
+        }
+    }
+}
+
+/// Reads a blob front to back in `CHUNK`s: one read per chunk from a file,
+/// no copy when mapped.
+struct Sequential<'a> {
+    blob: &'a Blob,
+    start: usize,
+    buf: Cow<'a, [u8]>,
+}
+
+impl<'a> Sequential<'a> {
+    fn new(blob: &'a Blob) -> Self {
+        Sequential {
+            blob,
+            start: 0,
+            buf: Cow::Borrowed(&[]),
+        }
+    }
+
+    fn get(&mut self, offset: usize, len: usize) -> Option<&[u8]> {
+        let end = offset.checked_add(len)?;
+        if offset < self.start || end > self.start + self.buf.len() {
+            let want = CHUNK.max(len).min(self.blob.len().saturating_sub(offset));
+            self.buf = self.blob.read(offset, want)?;
+            self.start = offset;
+        }
+        self.buf.get(offset - self.start..end - self.start)
+    }
+}
+
+fn word(bytes: &[u8], index: usize) -> u32 {
+    let at = 4 * index;
+    u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+}
+
+#[derive(Debug, Clone, Copy)]
 struct Member {
     name: u32,
     type_id: u32,
@@ -62,21 +161,70 @@ struct Member {
     bitfield_size: u32,
 }
 
-#[derive(Debug, Clone)]
-struct Type {
+/// The fixed part of a type record.
+#[derive(Debug, Clone, Copy)]
+struct Header {
     name: u32,
     kind: u32,
+    kind_flag: bool,
+    vlen: usize,
     /// `size` for ints, structs, unions, enums; `type` for the others.
     size_or_type: u32,
-    members: Vec<Member>,
 }
 
-/// The parsed type table of one BTF blob.
+impl Header {
+    fn decode(record: &[u8]) -> Header {
+        let info = word(record, 1);
+        Header {
+            name: word(record, 0),
+            kind: (info >> 24) & 0x1f,
+            kind_flag: info >> 31 == 1,
+            vlen: (info & 0xffff) as usize,
+            size_or_type: word(record, 2),
+        }
+    }
+}
+
+/// One type record, decoded from the blob on demand.
+#[derive(Debug, Clone)]
+struct Type<'a> {
+    header: Header,
+    /// The members' bytes for structs and unions, else empty.
+    members: Cow<'a, [u8]>,
+}
+
+impl Type<'_> {
+    fn kind(&self) -> u32 {
+        self.header.kind
+    }
+
+    fn members(&self) -> impl Iterator<Item = Member> + '_ {
+        self.members.chunks_exact(MEMBER).map(|m| {
+            let offset = word(m, 2);
+            let (bit_offset, bitfield_size) = if self.header.kind_flag {
+                (offset & 0x00ff_ffff, offset >> 24)
+            } else {
+                (offset, 0)
+            };
+            Member {
+                name: word(m, 0),
+                type_id: word(m, 1),
+                bit_offset,
+                bitfield_size,
+            }
+        })
+    }
+}
+
+/// One BTF blob and where each of its types starts.
 pub struct Btf {
-    /// Index 0 is `void`; type ids are indices.
-    types: Vec<Type>,
-    strings: Vec<u8>,
-    structs_by_name: HashMap<String, u32>,
+    blob: Blob,
+    strings: Range<usize>,
+    /// Byte offset of each type's record in `blob`, indexed by type id;
+    /// entry 0 stands for `void`, which has no record.
+    records: Vec<u32>,
+    /// Named types found so far: each lookup is a scan of every record.
+    found: RefCell<Vec<(u32, String, Option<u32>)>>,
 }
 
 /// Where a member lives and how wide it is.
@@ -88,123 +236,153 @@ pub struct Field {
 
 impl Btf {
     pub fn from_file(path: &Path) -> Result<Self, BtfError> {
-        let data = std::fs::read(path).map_err(|source| BtfError::Read {
+        let read_error = |source| BtfError::Read {
             path: path.display().to_string(),
             source,
+        };
+        let file = File::open(path).map_err(read_error)?;
+        // Only the kernel's own BTF is mapped: it cannot change while mapped,
+        // which a file anywhere else could.
+        if path.starts_with("/sys/kernel/btf")
+            // Private and read-only: the kernel refuses shared maps of it.
+            // SAFETY: sysfs BTF is read-only kernel memory that no one can
+            // modify; every access below is bounds-checked.
+            && let Ok(map) = unsafe { memmap2::MmapOptions::new().map_copy_read_only(&file) }
+        {
+            return Self::new(Blob::Mapped(map));
+        }
+        // Kernels before 6.16 refuse to map it: read in pieces instead.
+        let len = file.metadata().map_err(read_error)?.len();
+        let len = usize::try_from(len).map_err(|_| BtfError::Malformed {
+            reason: format!("{len} bytes is too large"),
         })?;
-        Self::parse(&data)
+        Self::new(Blob::File(file, len))
     }
 
-    pub fn parse(data: &[u8]) -> Result<Self, BtfError> {
+    #[cfg(test)]
+    pub fn parse(data: Vec<u8>) -> Result<Self, BtfError> {
+        Self::new(Blob::Bytes(data))
+    }
+
+    fn new(blob: Blob) -> Result<Self, BtfError> {
         let bad = |reason: &str| BtfError::Malformed {
             reason: reason.to_string(),
         };
-        let u16_at = |off: usize| -> Option<u16> {
-            Some(u16::from_le_bytes(data.get(off..off + 2)?.try_into().ok()?))
-        };
-        let u32_at = |off: usize| -> Option<u32> {
-            Some(u32::from_le_bytes(data.get(off..off + 4)?.try_into().ok()?))
-        };
-        if u16_at(0) != Some(BTF_MAGIC) {
+        let header = blob.read(0, 24).ok_or_else(|| bad("short header"))?;
+        if header[..2] != BTF_MAGIC.to_le_bytes() {
             return Err(bad("bad magic (not little-endian BTF)"));
         }
-        let header = |off| {
-            u32_at(off)
-                .map(|v| v as usize)
-                .ok_or_else(|| bad("short header"))
-        };
-        let hdr_len = header(4)?;
-        let (type_off, type_len) = (header(8)?, header(12)?);
-        let (str_off, str_len) = (header(16)?, header(20)?);
-        let types_start = hdr_len + type_off;
-        let types_end = types_start + type_len;
-        let strings = data
-            .get(hdr_len + str_off..hdr_len + str_off + str_len)
-            .ok_or_else(|| bad("string section out of bounds"))?
-            .to_vec();
-        if types_end > data.len() {
+        let field = |index| word(&header, index) as usize;
+        let hdr_len = field(1);
+        let (type_off, type_len) = (field(2), field(3));
+        let (str_off, str_len) = (field(4), field(5));
+        let types = hdr_len + type_off..hdr_len + type_off + type_len;
+        let strings = hdr_len + str_off..hdr_len + str_off + str_len;
+        if strings.end > blob.len() {
+            return Err(bad("string section out of bounds"));
+        }
+        if types.end > blob.len() || u32::try_from(types.end).is_err() {
             return Err(bad("type section out of bounds"));
         }
 
-        let mut types = vec![Type {
-            name: 0,
-            kind: 0,
-            size_or_type: 0,
-            members: Vec::new(),
-        }];
-        let mut pos = types_start;
-        while pos < types_end {
-            let word = |i: usize| u32_at(pos + 4 * i).ok_or_else(|| bad("truncated type"));
-            let (name, info, size_or_type) = (word(0)?, word(1)?, word(2)?);
-            let vlen = (info & 0xffff) as usize;
-            let kind = (info >> 24) & 0x1f;
-            let kind_flag = info >> 31 == 1;
-            pos += 12;
-            let mut members = Vec::new();
-            let extra = match kind {
+        // One pass to find where each record starts; every record and its
+        // trailing data is checked to lie within the section here, so later
+        // lookups only read what is known to be there.
+        let mut records = Vec::with_capacity(type_len / 16 + 1);
+        records.push(0);
+        let mut scan = Sequential::new(&blob);
+        let mut pos = types.start;
+        while pos < types.end {
+            let record = scan
+                .get(pos, RECORD)
+                .filter(|_| pos + RECORD <= types.end)
+                .ok_or_else(|| bad(&format!("cannot read the type at byte {pos}")))?;
+            let head = Header::decode(record);
+            let extra = match head.kind {
                 KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
                 KIND_ARRAY => 12,
-                KIND_STRUCT | KIND_UNION => {
-                    for i in 0..vlen {
-                        let at = |j: usize| {
-                            u32_at(pos + 12 * i + 4 * j).ok_or_else(|| bad("truncated member"))
-                        };
-                        let (name, type_id, offset) = (at(0)?, at(1)?, at(2)?);
-                        let (bit_offset, bitfield_size) = if kind_flag {
-                            (offset & 0x00ff_ffff, offset >> 24)
-                        } else {
-                            (offset, 0)
-                        };
-                        members.push(Member {
-                            name,
-                            type_id,
-                            bit_offset,
-                            bitfield_size,
-                        });
-                    }
-                    12 * vlen
-                }
-                KIND_ENUM | KIND_FUNC_PROTO => 8 * vlen,
-                KIND_DATASEC | KIND_ENUM64 => 12 * vlen,
+                KIND_STRUCT | KIND_UNION => MEMBER * head.vlen,
+                KIND_ENUM | KIND_FUNC_PROTO => 8 * head.vlen,
+                KIND_DATASEC | KIND_ENUM64 => 12 * head.vlen,
                 0..=19 => 0,
                 other => return Err(bad(&format!("unknown type kind {other}"))),
             };
-            pos += extra;
-            types.push(Type {
-                name,
-                kind,
-                size_or_type,
-                members,
-            });
-        }
-
-        let mut btf = Btf {
-            types,
-            strings,
-            structs_by_name: HashMap::new(),
-        };
-        for (id, ty) in btf.types.iter().enumerate() {
-            if ty.kind == KIND_STRUCT && !ty.members.is_empty() {
-                let name = btf.name(ty.name).to_string();
-                btf.structs_by_name.entry(name).or_insert(id as u32);
+            if pos + RECORD + extra > types.end {
+                return Err(bad("truncated type"));
             }
+            // Fits: types.end fits u32, checked above.
+            records.push(pos as u32);
+            pos += RECORD + extra;
         }
-        Ok(btf)
+        drop(scan);
+        Ok(Btf {
+            blob,
+            strings,
+            records,
+            found: RefCell::new(Vec::new()),
+        })
     }
 
-    fn name(&self, offset: u32) -> &str {
-        let rest = self.strings.get(offset as usize..).unwrap_or_default();
-        let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
-        std::str::from_utf8(&rest[..end]).unwrap_or("")
+    fn ty(&self, id: u32) -> Option<Type<'_>> {
+        let start = *self.records.get(id as usize).filter(|_| id != 0)? as usize;
+        let header = Header::decode(&self.blob.read(start, RECORD)?);
+        let members = if matches!(header.kind, KIND_STRUCT | KIND_UNION) {
+            self.blob.read(start + RECORD, MEMBER * header.vlen)?
+        } else {
+            Cow::Borrowed(&[][..])
+        };
+        Some(Type { header, members })
+    }
+
+    /// Whether the string at `offset` is `name`.
+    fn name_is(&self, offset: u32, name: &str) -> bool {
+        let start = self.strings.start + offset as usize;
+        if start + name.len() >= self.strings.end {
+            return false;
+        }
+        self.blob
+            .read(start, name.len() + 1)
+            .is_some_and(|bytes| bytes[..name.len()] == *name.as_bytes() && bytes[name.len()] == 0)
+    }
+
+    /// The first type of `kind` named `name` (with members, if asked): a
+    /// scan of the records, which costs less than a table of every name.
+    fn find(&self, kind: u32, name: &str, with_members: bool) -> Option<u32> {
+        let key = kind | u32::from(with_members) << 8;
+        if let Some((_, _, id)) = self
+            .found
+            .borrow()
+            .iter()
+            .find(|(k, n, _)| *k == key && n == name)
+        {
+            return *id;
+        }
+        let mut scan = Sequential::new(&self.blob);
+        let id = (1..self.records.len()).find_map(|id| {
+            let head = Header::decode(scan.get(self.records[id] as usize, RECORD)?);
+            (head.kind == kind && (!with_members || head.vlen > 0) && self.name_is(head.name, name))
+                .then_some(id as u32)
+        });
+        self.found.borrow_mut().push((key, name.to_string(), id));
+        id
+    }
+
+    /// The type id of `typedef <name>`: a BTF tracepoint is loaded against
+    /// the id of `btf_trace_<tracepoint>`.
+    pub fn typedef_id(&self, name: &str) -> Result<u32, BtfError> {
+        self.find(KIND_TYPEDEF, name, false)
+            .ok_or_else(|| BtfError::NoTypedef {
+                name: name.to_string(),
+            })
     }
 
     /// Follows typedefs and modifiers to the type that has a layout.
-    fn resolve(&self, mut id: u32) -> Option<&Type> {
+    fn resolve(&self, mut id: u32) -> Option<Type<'_>> {
         for _ in 0..32 {
-            let ty = self.types.get(id as usize)?;
-            match ty.kind {
+            let ty = self.ty(id)?;
+            match ty.kind() {
                 KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
-                    id = ty.size_or_type
+                    id = ty.header.size_or_type
                 }
                 _ => return Some(ty),
             }
@@ -214,8 +392,10 @@ impl Btf {
 
     fn size_of(&self, id: u32) -> Option<u32> {
         let ty = self.resolve(id)?;
-        match ty.kind {
-            KIND_INT | KIND_STRUCT | KIND_UNION | KIND_ENUM | KIND_ENUM64 => Some(ty.size_or_type),
+        match ty.kind() {
+            KIND_INT | KIND_STRUCT | KIND_UNION | KIND_ENUM | KIND_ENUM64 => {
+                Some(ty.header.size_or_type)
+            }
             KIND_PTR => Some(8),
             _ => None,
         }
@@ -224,29 +404,31 @@ impl Btf {
     /// Finds `name` among the members of `ty`, looking inside anonymous
     /// structs and unions (`skc_net` and friends sit in several of them).
     /// Returns the bit offset and the member.
-    fn member(&self, ty: &Type, name: &str) -> Option<(u32, Member)> {
-        for member in &ty.members {
-            if member.name != 0 && self.name(member.name) == name {
-                return Some((member.bit_offset, member.clone()));
-            }
+    fn member(&self, ty: &Type<'_>, name: &str, depth: u32) -> Option<(u32, Member)> {
+        if let Some(found) = ty
+            .members()
+            .find(|m| m.name != 0 && self.name_is(m.name, name))
+        {
+            return Some((found.bit_offset, found));
         }
-        for member in ty.members.iter().filter(|m| m.name == 0) {
-            let inner = self.resolve(member.type_id)?;
-            if matches!(inner.kind, KIND_STRUCT | KIND_UNION)
-                && let Some((offset, found)) = self.member(inner, name)
-            {
-                return Some((member.bit_offset + offset, found));
-            }
+        if depth == 0 {
+            return None;
         }
-        None
+        ty.members().filter(|m| m.name == 0).find_map(|anonymous| {
+            let inner = self.resolve(anonymous.type_id)?;
+            if !matches!(inner.kind(), KIND_STRUCT | KIND_UNION) {
+                return None;
+            }
+            let (offset, found) = self.member(&inner, name, depth - 1)?;
+            Some((anonymous.bit_offset + offset, found))
+        })
     }
 
     /// Byte offset and size of `struct <name>` member `path` (dotted, e.g.
     /// `__sk_common.skc_net.net`).
     pub fn field(&self, struct_name: &str, path: &str) -> Result<Field, BtfError> {
-        let id = *self
-            .structs_by_name
-            .get(struct_name)
+        let id = self
+            .find(KIND_STRUCT, struct_name, true)
             .ok_or_else(|| BtfError::NoStruct {
                 name: struct_name.to_string(),
             })?;
@@ -257,15 +439,16 @@ impl Btf {
         let mut bits = 0u32;
         let mut last: Option<Member> = None;
         for part in path.split('.') {
-            if last.is_some() {
-                let parent = last.as_ref().map(|m| m.type_id).unwrap_or(0);
+            if let Some(parent) = last {
                 ty = self
-                    .resolve(parent)
-                    .filter(|t| matches!(t.kind, KIND_STRUCT | KIND_UNION))
+                    .resolve(parent.type_id)
+                    .filter(|t| matches!(t.kind(), KIND_STRUCT | KIND_UNION))
                     .ok_or_else(|| BtfError::NoMember { path: full() })?;
             }
+            // Anonymous members nest a few levels deep in practice; the
+            // bound only stops a malformed blob from recursing forever.
             let (offset, member) = self
-                .member(ty, part)
+                .member(&ty, part, 8)
                 .ok_or_else(|| BtfError::NoMember { path: full() })?;
             bits += offset;
             last = Some(member);
@@ -445,6 +628,20 @@ mod tests {
             &[("skc_addrpair", u64_t, 0, 0), ("", addrs, 0, 0)],
         );
         let in6_addr = b.compound("in6_addr", KIND_STRUCT, 16, &[("s6_addr32", u64_t, 0, 0)]);
+        // A forward declaration (no members) named like a struct we need
+        // comes first in vmlinux too; lookups must skip it.
+        b.compound("sock", KIND_STRUCT, 0, &[]);
+        // What a tracepoint's attach id names: a typedef of a pointer to
+        // its prototype (id 20 here).
+        let proto = b.push("", KIND_FUNC_PROTO, false, 0, 0);
+        let proto_ptr = b.push("", KIND_PTR, false, 0, proto);
+        b.push(
+            "btf_trace_inet_sock_set_state",
+            KIND_TYPEDEF,
+            false,
+            0,
+            proto_ptr,
+        );
         let sock_common = b.compound(
             "sock_common",
             KIND_STRUCT,
@@ -484,7 +681,7 @@ mod tests {
 
     #[test]
     fn finds_offsets_through_anonymous_unions_and_typedefs() {
-        let btf = Btf::parse(&sample(false)).expect("parse");
+        let btf = Btf::parse(sample(false)).expect("parse");
         let cfg = tracker_offsets(&btf).expect("offsets");
         assert_eq!(cfg.off_sport, 798);
         assert_eq!(cfg.off_num, 14);
@@ -503,15 +700,29 @@ mod tests {
     }
 
     #[test]
+    fn finds_the_tracepoint_typedef_id() {
+        let btf = Btf::parse(sample(false)).expect("parse");
+        assert_eq!(
+            btf.typedef_id("btf_trace_inet_sock_set_state").expect("id"),
+            20
+        );
+        let err = btf.typedef_id("btf_trace_nope").expect_err("missing");
+        assert_eq!(
+            err.to_string(),
+            "typedef btf_trace_nope not found in kernel BTF"
+        );
+    }
+
+    #[test]
     fn reads_byte_aligned_bitfield_protocol_of_older_kernels() {
-        let btf = Btf::parse(&sample(true)).expect("parse");
+        let btf = Btf::parse(sample(true)).expect("parse");
         let cfg = tracker_offsets(&btf).expect("offsets");
         assert_eq!((cfg.off_sk_protocol, cfg.sk_protocol_size), (514, 1));
     }
 
     #[test]
     fn names_the_missing_member() {
-        let btf = Btf::parse(&sample(false)).expect("parse");
+        let btf = Btf::parse(sample(false)).expect("parse");
         let err = btf
             .field("sock", "__sk_common.skc_nope")
             .expect_err("missing");
@@ -525,11 +736,11 @@ mod tests {
 
     #[test]
     fn rejects_truncated_and_foreign_data() {
-        assert!(Btf::parse(b"").is_err());
-        assert!(Btf::parse(b"\x9f\xeb\x01\x00").is_err());
+        assert!(Btf::parse(Vec::new()).is_err());
+        assert!(Btf::parse(b"\x9f\xeb\x01\x00".to_vec()).is_err());
         let mut data = sample(false);
         data.truncate(60);
-        assert!(Btf::parse(&data).is_err());
+        assert!(Btf::parse(data).is_err());
     }
 
     /// The real kernel: the offsets this machine's BTF gives must be the ones
@@ -556,5 +767,21 @@ mod tests {
             cfg.off_sport > cfg.off_sk_protocol,
             "inet_sock extends sock"
         );
+        let id = btf
+            .typedef_id("btf_trace_inet_sock_set_state")
+            .expect("attach point");
+        // Mapped (where the kernel allows), read in pieces, or whole in
+        // memory, the same blob answers the same.
+        let file = File::open(path).expect("open");
+        let len = file.metadata().expect("size").len() as usize;
+        let pieces = Btf::new(Blob::File(file, len)).expect("index");
+        let whole = Btf::parse(std::fs::read(path).expect("read")).expect("parse");
+        for other in [pieces, whole] {
+            assert_eq!(tracker_offsets(&other).expect("offsets"), cfg);
+            assert_eq!(
+                other.typedef_id("btf_trace_inet_sock_set_state").ok(),
+                Some(id)
+            );
+        }
     }
 }

@@ -1,24 +1,32 @@
-//! Loading the kernel program: offsets from BTF, the verifier, the attach,
-//! and the maps the daemon keeps.
+//! Loading the kernel program: offsets and the attach point from BTF, the
+//! maps, the verifier, the attach.
 //!
-//! Memory matters for a sidecar: parsing vmlinux BTF costs ~19 MB, and aya's
-//! `EbpfLoader::new()` always does it once. Every parse here is dropped
-//! before the next begins (ours for the offsets, aya's for the attach id),
-//! and the freed heap is handed back to the system once loading is done.
-use std::{os::unix::fs::MetadataExt as _, path::PathBuf, time::Duration};
-
-use aya::{
-    Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, RingBuf},
-    programs::BtfTracePoint,
+//! Memory matters for a sidecar: the daemon holds ~7 MB once started, and
+//! aya's `EbpfLoader` parses all of vmlinux BTF on construction (~19 MB for
+//! a moment, which stays the process's peak). So the object is loaded with
+//! aya's parts below its loader: aya-obj parses and relocates it, aya creates
+//! and reads the maps, and `bpf_commands` loads the program against the one
+//! type id it needs, which `kernel_btf` finds along with the offsets.
+use std::{
+    collections::{HashMap as StdHashMap, HashSet},
+    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, OwnedFd},
+    os::unix::fs::MetadataExt as _,
+    path::PathBuf,
+    time::Duration,
 };
+
+use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, RingBuf};
+use aya_obj::{EbpfSectionKind, generated::bpf_map_type};
 use spawner_sidecar_common::{
     FLAG_ALL_PORTS, FLAG_IGNORE_PEERS, PeerData, PortCounts, SelfTestRecord, SocketRecord,
     TrackerConfig,
 };
 use tracing::debug;
 
-use super::kernel_btf::{self, Btf};
+use super::{
+    bpf_commands,
+    kernel_btf::{self, Btf},
+};
 use crate::{clock::nanos, source::SourceError};
 
 /// The kernel program, built by `build.rs`; empty when the host had no eBPF
@@ -40,10 +48,23 @@ pub struct LoadOptions {
     pub all_ports: bool,
 }
 
+/// The loaded program and, once attached, its link.
+pub struct Program {
+    fd: OwnedFd,
+    /// Closing it detaches the program.
+    link: Option<OwnedFd>,
+}
+
+impl Program {
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
 /// The attached program and the maps the daemon uses.
 pub struct Loaded {
     /// Owns the program and its link: dropping it detaches.
-    pub ebpf: Ebpf,
+    pub program: Program,
     pub config: TrackerConfig,
     pub slots: Array<MapData, u32>,
     pub counts: PerCpuArray<MapData, PortCounts>,
@@ -87,8 +108,8 @@ pub fn own_netns_inum() -> Result<u32, SourceError> {
     })
 }
 
-/// Loads, verifies and attaches the program. Nothing is followed yet: the
-/// caller self-tests it and then fills `PORT_SLOTS`.
+/// Loads and verifies the program. Nothing is followed yet: the caller
+/// attaches and self-tests it, then fills `PORT_SLOTS`.
 pub fn load(options: &LoadOptions) -> Result<Loaded, SourceError> {
     if PROGRAM_OBJECT.is_empty() {
         return Err(SourceError::Unavailable {
@@ -96,9 +117,14 @@ pub fn load(options: &LoadOptions) -> Result<Loaded, SourceError> {
                 .into(),
         });
     }
-    // Our own parse first, dropped at the end of this statement.
-    let offsets =
-        Btf::from_file(&options.kernel_btf).and_then(|btf| kernel_btf::tracker_offsets(&btf));
+    let (offsets, attach_btf_id) = Btf::from_file(&options.kernel_btf)
+        .and_then(|btf| {
+            Ok((
+                kernel_btf::tracker_offsets(&btf)?,
+                btf.typedef_id(&format!("btf_trace_{TRACEPOINT}"))?,
+            ))
+        })
+        .map_err(|e| unavailable("kernel BTF", e))?;
     let mut flags = 0;
     if options.ignore_peers {
         flags |= FLAG_IGNORE_PEERS;
@@ -110,72 +136,130 @@ pub fn load(options: &LoadOptions) -> Result<Loaded, SourceError> {
         netns_inum: own_netns_inum()?,
         flags,
         activity_min_age_ns: nanos(options.activity_min_age),
-        ..offsets.map_err(|e| unavailable("kernel BTF", e))?
+        ..offsets
     };
-    debug!(?config, "struct offsets from kernel BTF");
+    debug!(?config, attach_btf_id, "from kernel BTF");
 
-    let mut loader = EbpfLoader::new();
-    // Rust programs carry no CO-RE relocations, so the loader needs no
-    // kernel BTF: dropping the one new() parsed keeps one parse alive at most.
-    loader.btf(None);
-    let mut ebpf = loader
-        .override_global("CONFIG", &config, true)
-        .map_max_entries("SOCKETS", options.max_sockets)
-        .load(PROGRAM_OBJECT)
-        .map_err(|e| unavailable("loading the kernel program", e))?;
-    drop(loader);
-    {
-        // Only for the attach point's BTF id; dropped right after.
-        let btf = aya::Btf::parse_file(&options.kernel_btf, aya::Endianness::default())
-            .map_err(|e| unavailable("kernel BTF", e))?;
-        let program: &mut BtfTracePoint = ebpf
-            .program_mut(PROGRAM)
-            .ok_or_else(|| SourceError::Unavailable {
-                reason: format!("program {PROGRAM} missing from the object"),
-            })?
-            .try_into()
-            .map_err(|e| unavailable("program type", e))?;
-        program
-            .load(TRACEPOINT, &btf)
-            .map_err(|e| unavailable("verifying the kernel program", e))?;
-    }
+    let mut obj = aya_obj::Object::parse(PROGRAM_OBJECT)
+        .map_err(|e| unavailable("parsing the kernel program", e))?;
+    obj.patch_map_data(StdHashMap::from([(
+        "CONFIG",
+        (config_bytes(&config), true),
+    )]))
+    .map_err(|e| unavailable("setting the program's configuration", e))?;
+    let mut maps = create_maps(&mut obj, options.max_sockets)?;
+
+    let text_sections: HashSet<usize> = obj.functions.keys().map(|(section, _)| *section).collect();
+    obj.relocate_maps(
+        maps.iter()
+            .map(|(name, (def, data))| (name.as_str(), data.fd().as_fd().as_raw_fd(), def)),
+        &text_sections,
+    )
+    .map_err(|e| unavailable("relocating the kernel program", e))?;
+    obj.relocate_calls(&text_sections)
+        .map_err(|e| unavailable("relocating the kernel program", e))?;
+    let missing = || SourceError::Unavailable {
+        reason: format!("program {PROGRAM} missing from the object"),
+    };
+    let program = obj.programs.get(PROGRAM).ok_or_else(missing)?;
+    let function = obj
+        .functions
+        .get(&program.function_key())
+        .ok_or_else(missing)?;
+    let fd = bpf_commands::load_btf_tracepoint(
+        PROGRAM,
+        &function.instructions,
+        &program.license,
+        attach_btf_id,
+    )
+    .map_err(|e| {
+        debug!("verifier log:\n{}", e.log);
+        unavailable("verifying the kernel program", e)
+    })?;
+    drop(obj);
     release_freed_heap();
 
     let loaded = Loaded {
         config,
-        slots: take_map(&mut ebpf, "PORT_SLOTS")?,
-        counts: take_map(&mut ebpf, "PORT_COUNTS")?,
-        sockets: take_map(&mut ebpf, "SOCKETS")?,
-        young_closed: take_map(&mut ebpf, "YOUNG_CLOSED")?,
-        ignored_peers: take_map(&mut ebpf, "IGNORED_PEERS")?,
-        listeners: take_map(&mut ebpf, "LISTENERS")?,
-        stats: take_map(&mut ebpf, "STATS")?,
-        selftest: take_map(&mut ebpf, "SELFTEST")?,
-        ebpf,
+        slots: take_map(&mut maps, "PORT_SLOTS")?,
+        counts: take_map(&mut maps, "PORT_COUNTS")?,
+        sockets: take_map(&mut maps, "SOCKETS")?,
+        young_closed: take_map(&mut maps, "YOUNG_CLOSED")?,
+        ignored_peers: take_map(&mut maps, "IGNORED_PEERS")?,
+        listeners: take_map(&mut maps, "LISTENERS")?,
+        stats: take_map(&mut maps, "STATS")?,
+        selftest: take_map(&mut maps, "SELFTEST")?,
+        program: Program { fd, link: None },
     };
     Ok(loaded)
+}
+
+/// The object's maps, created as aya's loader would create them: sized,
+/// data sections filled and `.rodata` frozen. Each keeps its definition,
+/// which the relocations read.
+fn create_maps(
+    obj: &mut aya_obj::Object,
+    max_sockets: u32,
+) -> Result<StdHashMap<String, (aya_obj::Map, MapData)>, SourceError> {
+    let mut maps = StdHashMap::new();
+    for (name, mut def) in obj.maps.drain() {
+        if name == "SOCKETS" {
+            def.set_max_entries(max_sockets);
+        }
+        if def.map_type() == bpf_map_type::BPF_MAP_TYPE_RINGBUF as u32 {
+            // The kernel wants no value size and a power-of-two number of
+            // pages, which aya-ebpf's definition leaves to the loader.
+            def.set_value_size(0);
+            def.set_max_entries(ring_size(def.max_entries()));
+        }
+        let created = MapData::create(def.clone(), &name, None)
+            .map_err(|source| unavailable(&format!("creating map {name}"), source))?;
+        let fd = created.fd().as_fd();
+        if !def.data().is_empty() {
+            bpf_commands::set_first_element(fd, def.data())
+                .map_err(|e| unavailable(&format!("filling map {name}"), e))?;
+        }
+        if def.section_kind() == EbpfSectionKind::Rodata {
+            bpf_commands::freeze(fd)
+                .map_err(|e| unavailable(&format!("freezing map {name}"), e))?;
+        }
+        maps.insert(name, (def, created));
+    }
+    Ok(maps)
+}
+
+/// A ring buffer's size rounded up to a power-of-two number of pages.
+fn ring_size(bytes: u32) -> u32 {
+    // SAFETY: sysconf only reads a system constant.
+    let page = u32::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    bytes.div_ceil(page).max(1).next_power_of_two() * page
+}
+
+/// The configuration as the bytes of the `CONFIG` global.
+fn config_bytes(config: &TrackerConfig) -> &[u8] {
+    // SAFETY: TrackerConfig is repr(C) and Copy with no padding (twelve u32
+    // then a u64; its layout test pins this), so all its bytes are
+    // initialised; the slice borrows it.
+    unsafe {
+        std::slice::from_raw_parts(
+            std::ptr::from_ref(config).cast::<u8>(),
+            std::mem::size_of::<TrackerConfig>(),
+        )
+    }
 }
 
 impl Loaded {
     /// Attaches the verified program to the tracepoint.
     pub fn attach(&mut self) -> Result<(), SourceError> {
-        let program: &mut BtfTracePoint = self
-            .ebpf
-            .program_mut(PROGRAM)
-            .ok_or_else(|| SourceError::Unavailable {
-                reason: format!("program {PROGRAM} missing from the object"),
-            })?
-            .try_into()
-            .map_err(|e| unavailable("program type", e))?;
-        program
-            .attach()
+        let link = bpf_commands::attach_tracing(self.program.fd())
             .map_err(|e| unavailable("attaching to inet_sock_set_state", e))?;
+        self.program.link = Some(link);
         Ok(())
     }
 }
 
-/// Gives the heap freed by the BTF parses back to the system, so the
-/// resident size after start-up is what the daemon really uses.
+/// Gives the heap freed while loading back to the system, so the resident
+/// size after start-up is what the daemon really uses.
 fn release_freed_heap() {
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only releases free memory; it has no preconditions.
@@ -184,14 +268,43 @@ fn release_freed_heap() {
     }
 }
 
-fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, SourceError>
+fn take_map<T>(
+    maps: &mut StdHashMap<String, (aya_obj::Map, MapData)>,
+    name: &'static str,
+) -> Result<T, SourceError>
 where
     T: TryFrom<Map, Error = aya::maps::MapError>,
 {
-    let map = ebpf
-        .take_map(name)
-        .ok_or_else(|| SourceError::Unavailable {
-            reason: format!("map {name} missing from the object"),
-        })?;
+    let (_, data) = maps.remove(name).ok_or_else(|| SourceError::Unavailable {
+        reason: format!("map {name} missing from the object"),
+    })?;
+    let map = Map::from_map_data(data).map_err(|source| SourceError::Map { map: name, source })?;
     T::try_from(map).map_err(|source| SourceError::Map { map: name, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_buffers_round_up_to_a_power_of_two_of_pages() {
+        let page = ring_size(1);
+        assert!(page.is_power_of_two() && page >= 4096, "one page: {page}");
+        assert_eq!(ring_size(page), page);
+        assert_eq!(ring_size(page + 1), 2 * page);
+        assert_eq!(ring_size(3 * page), 4 * page);
+    }
+
+    #[test]
+    fn config_bytes_are_the_whole_struct_in_field_order() {
+        let config = TrackerConfig {
+            off_num: 14,
+            activity_min_age_ns: u64::MAX,
+            ..TrackerConfig::default()
+        };
+        let bytes = config_bytes(&config);
+        assert_eq!(bytes.len(), 56);
+        assert_eq!(bytes[..4], 14u32.to_ne_bytes());
+        assert_eq!(bytes[48..], u64::MAX.to_ne_bytes());
+    }
 }

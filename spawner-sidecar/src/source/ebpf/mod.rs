@@ -9,6 +9,7 @@
 //! program reports new listeners through a ring buffer, which a thread of
 //! ours waits on, so a new port is followed within moments, not a tick.
 mod batch;
+mod bpf_commands;
 mod connection_ages;
 pub mod kernel_btf;
 mod listener_watch;
@@ -19,7 +20,7 @@ mod slots;
 
 use std::{
     collections::BTreeMap,
-    os::fd::{AsFd as _, AsRawFd as _},
+    os::fd::AsRawFd as _,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -31,7 +32,6 @@ use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
 use spawner_sidecar_common::{PortCounts, STAT_EVENTS, STAT_LISTENERS_LOST, STAT_SOCKETS_FULL};
 use tracing::{info, warn};
 
-pub use self::load::PROGRAM;
 use self::{
     connection_ages::SocketMap,
     load::{LoadOptions, Loaded},
@@ -75,7 +75,7 @@ struct Inner {
 
 pub struct EbpfSource {
     /// Owns the attached program: dropping it detaches. `None` once stopped.
-    ebpf: Mutex<Option<aya::Ebpf>>,
+    program: Mutex<Option<load::Program>>,
     inner: Mutex<Inner>,
     /// Held for a whole `refresh`: the tick and the listener thread both
     /// refresh, and two interleaved rounds would judge ports by each
@@ -124,7 +124,7 @@ impl EbpfSource {
         while loaded.listeners.next().is_some() {}
 
         let Loaded {
-            ebpf,
+            program,
             slots: slot_map,
             counts,
             sockets,
@@ -134,7 +134,7 @@ impl EbpfSource {
             ..
         } = loaded;
         let source = Arc::new(EbpfSource {
-            ebpf: Mutex::new(Some(ebpf)),
+            program: Mutex::new(Some(program)),
             refreshing: Mutex::new(()),
             stopped: AtomicBool::new(false),
             inner: Mutex::new(Inner {
@@ -271,9 +271,8 @@ impl EbpfSource {
     /// `recursion_misses` of our program, from its fd's fdinfo (aya does
     /// not expose it).
     fn missed_runs(&self) -> Option<u64> {
-        let ebpf = lock(&self.ebpf);
-        let program = ebpf.as_ref()?.program(PROGRAM)?;
-        let fd = program.fd().ok()?.as_fd().as_raw_fd();
+        let program = lock(&self.program);
+        let fd = program.as_ref()?.fd().as_raw_fd();
         let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
         info.lines()
             .find_map(|l| l.strip_prefix("recursion_misses:"))
@@ -399,7 +398,7 @@ impl ConnectionSource for EbpfSource {
     fn stop(&self) {
         self.stopped.store(true, Ordering::Relaxed);
         // Detaches the program; the maps stay readable but nothing feeds them.
-        drop(lock(&self.ebpf).take());
+        drop(lock(&self.program).take());
     }
 
     fn health(&self) -> SourceHealth {
