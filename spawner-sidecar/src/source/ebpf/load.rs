@@ -177,7 +177,7 @@ pub fn load(options: &LoadOptions) -> Result<Loaded, SourceError> {
         unavailable("verifying the kernel program", e)
     })?;
     drop(obj);
-    release_freed_heap();
+    crate::malloc::release_freed();
 
     let loaded = Loaded {
         config,
@@ -255,16 +255,6 @@ impl Loaded {
             .map_err(|e| unavailable("attaching to inet_sock_set_state", e))?;
         self.program.link = Some(link);
         Ok(())
-    }
-}
-
-/// Gives the heap freed while loading back to the system, so the resident
-/// size after start-up is what the daemon really uses.
-fn release_freed_heap() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only releases free memory; it has no preconditions.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }
 
