@@ -12,6 +12,7 @@ const LAYERS: &[&str] = &[
     "coalesce",
     "duration",
     "malloc",
+    "capabilities",
     "runtime",
     "serve",
     "source",

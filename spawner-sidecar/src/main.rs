@@ -1,14 +1,15 @@
 //! spawner-sidecar: wiring and graceful shutdown only.
 //!
 //! Modules, lowest first; each imports only modules above it in this list
-//! (a test keeps it so): `clock`, `lock`, `coalesce`, `duration`, `runtime`,
-//! `serve`;
+//! (a test keeps it so): `capabilities`, `clock`, `lock`, `coalesce`,
+//! `duration`, `runtime`, `serve`;
 //! `source` (kernel -> readings); `activity` and `status` (readings ->
 //! idle time and the contract's JSON); `app` (a source with its activity);
 //! `metrics`; `drain`, `hooks` (actions on an app); `http` (routes);
 //! `heartbeat` (standalone); `config`, `cli` (parsing).
 mod activity;
 mod app;
+mod capabilities;
 mod cli;
 mod clock;
 mod coalesce;
@@ -40,6 +41,7 @@ use crate::{
 
 fn main() -> ExitCode {
     malloc::tune();
+    capabilities::raise_permitted();
     let cli = match cli::parse(std::env::args_os().collect()) {
         Ok(cli) => cli,
         Err(e) => e.exit(),

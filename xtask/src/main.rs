@@ -1,7 +1,10 @@
 //! `cargo xtask`: the project's own entry points, which install what they
 //! need (idempotently) before they build, run or test.
+mod apt;
 mod bench;
 mod build;
+mod image;
+mod seccomp;
 mod setup;
 mod test;
 
@@ -25,6 +28,10 @@ enum Command {
     Setup,
     /// Release build with the kernel program embedded: target/release/spawner-sidecar
     Build,
+    /// Static (musl) build in an OCI image FROM scratch: localhost/spawner-sidecar:VERSION
+    Image,
+    /// Rewrite deploy/seccomp/spawner-sidecar.json from the runtime's default profile
+    Seccomp,
     /// Build, then run the daemon with ARGS
     Run {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -60,6 +67,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Setup => setup::run(),
         Command::Build => setup::run().and_then(|()| build::release()).map(|_| ()),
+        Command::Image => setup::run().and_then(|()| image::run()).map(|_| ()),
+        Command::Seccomp => seccomp::write(),
         Command::Run { args } => setup::run()
             .and_then(|()| build::release())
             .and_then(|bin| build::run(&bin, &args)),

@@ -7,7 +7,10 @@ use std::{fs, io, process::Command};
 use anyhow::{Context as _, bail};
 use test_support::skip::{SKIPS_ENV, Summary};
 
-use crate::build::{self, run_checked, target_dir};
+use crate::{
+    build::{self, run_checked, target_dir},
+    image, seccomp,
+};
 
 /// Tools the black-box tests use as ground truth or to build namespaces.
 const TEST_TOOLS: &[(&str, &[&str], &str)] =
@@ -22,6 +25,8 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
     ensure_prometheus_parser()?;
     let bin = build::release()?;
     lint()?;
+    let image = image::run()?;
+    seccomp::check()?;
 
     println!("[test] unit and HTTP tests");
     run_checked(
@@ -55,6 +60,8 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
         build::cargo()
             .env("SPAWNER_SIDECAR_BIN", &bin)
             .env(SKIPS_ENV, &skips)
+            .env("SPAWNER_SIDECAR_IMAGE", &image)
+            .env("SPAWNER_SIDECAR_SECCOMP", seccomp::path())
             .args([
                 "test",
                 "--release",

@@ -1,0 +1,43 @@
+//! Makes the capabilities the image grants through file capabilities
+//! usable.
+//!
+//! The image runs as a non-root user. Kubernetes hands a non-root
+//! container's `capabilities.add` only to the bounding set (no ambient
+//! capabilities, kubernetes/kubernetes#56374), so the binary carries
+//! `cap_bpf,cap_perfmon+p` as file capabilities: at exec the kernel puts
+//! those of them the bounding set allows into the permitted set. They are
+//! deliberately not marked effective: with the effective bit the kernel
+//! refuses to exec the binary at all when one is missing (a container
+//! without CAP_BPF must still start and fall back to sock-diag). So we raise
+//! them here, before any thread exists (capabilities are per thread and new
+//! threads copy the creator's).
+//! As root, or with ambient capabilities, they are already effective and
+//! this changes nothing.
+use caps::{CapSet, Capability};
+
+/// What the eBPF source needs: loading programs and maps, and reading
+/// kernel memory from a tracing program.
+const WANTED: [Capability; 2] = [Capability::CAP_BPF, Capability::CAP_PERFMON];
+
+/// Raises each wanted capability that is permitted but not effective.
+/// Failures are left to the source that needs the capability: it reports
+/// the refusal and the tracker falls back.
+pub fn raise_permitted() {
+    let (Ok(permitted), Ok(mut effective)) = (
+        caps::read(None, CapSet::Permitted),
+        caps::read(None, CapSet::Effective),
+    ) else {
+        return;
+    };
+    let missing: Vec<Capability> = WANTED
+        .into_iter()
+        .filter(|c| permitted.contains(c) && !effective.contains(c))
+        .collect();
+    if missing.is_empty() {
+        return;
+    }
+    effective.extend(missing);
+    // Logging is not set up yet: the eBPF source's own messages say
+    // whether the capabilities were there in the end.
+    let _ = caps::set(None, CapSet::Effective, &effective);
+}
