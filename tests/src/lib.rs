@@ -7,4 +7,5 @@
     reason = "test fixtures: a panic is a test failure"
 )]
 
+pub mod container;
 pub mod heartbeat;
