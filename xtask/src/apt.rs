@@ -17,11 +17,7 @@ fn installed(package: &str) -> bool {
 
 /// Installs whichever of `packages` is missing; `why` names what needs them.
 pub fn ensure(packages: &[&str], why: &str) -> anyhow::Result<()> {
-    let missing: Vec<&str> = packages
-        .iter()
-        .copied()
-        .filter(|p| !installed(p))
-        .collect();
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
     if missing.is_empty() {
         println!("[apt] {} present", packages.join(" "));
         return Ok(());

@@ -34,7 +34,10 @@ pub fn name() -> String {
 /// Podman and what it runs containers with on these machines (runc: crun
 /// refuses their hybrid cgroups).
 pub fn ensure_podman() -> anyhow::Result<()> {
-    apt::ensure(&["podman", "buildah", "runc"], "building and running the image")
+    apt::ensure(
+        &["podman", "buildah", "runc"],
+        "building and running the image",
+    )
 }
 
 fn ensure_musl_target() -> anyhow::Result<()> {
@@ -126,8 +129,14 @@ fn labels() -> Vec<String> {
     };
     let mut labels = vec![
         format!("org.opencontainers.image.title=spawner-sidecar"),
-        format!("org.opencontainers.image.version={}", env!("CARGO_PKG_VERSION")),
-        format!("org.opencontainers.image.licenses={}", env!("CARGO_PKG_LICENSE")),
+        format!(
+            "org.opencontainers.image.version={}",
+            env!("CARGO_PKG_VERSION")
+        ),
+        format!(
+            "org.opencontainers.image.licenses={}",
+            env!("CARGO_PKG_LICENSE")
+        ),
         format!(
             "org.opencontainers.image.description={}",
             "Exact TCP connection tracker (eBPF): can this pod be stopped now?"
@@ -138,9 +147,9 @@ fn labels() -> Vec<String> {
     }
     match git(&["remote", "get-url", "origin"]) {
         Some(url) => labels.push(format!("org.opencontainers.image.source={url}")),
-        None => println!(
-            "[image] no git remote `origin`: org.opencontainers.image.source left out"
-        ),
+        None => {
+            println!("[image] no git remote `origin`: org.opencontainers.image.source left out")
+        }
     }
     labels
 }
@@ -168,7 +177,14 @@ pub fn run() -> anyhow::Result<String> {
     let image = name();
     println!("[image] podman build -t {image}");
     let mut cmd = Command::new("podman");
-    cmd.args(["build", "--quiet", "--file", "Containerfile", "--tag", &image]);
+    cmd.args([
+        "build",
+        "--quiet",
+        "--file",
+        "Containerfile",
+        "--tag",
+        &image,
+    ]);
     for label in labels() {
         cmd.arg("--label").arg(label);
     }

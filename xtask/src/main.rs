@@ -7,6 +7,7 @@ mod image;
 mod seccomp;
 mod setup;
 mod test;
+mod vm;
 
 use std::process::ExitCode;
 
@@ -54,6 +55,8 @@ enum Command {
     /// Internal to `bench`: one timing of the procfs crate, in the namespace it runs in
     #[command(name = "procfs-count", hide = true)]
     ProcfsCount,
+    /// The exactness checks on this kernel and on Linux 6.1 (Debian's cloud kernel) in QEMU
+    TestKernel,
     /// Build, then run every test: unit, HTTP and black-box tests on the real kernel
     Test {
         /// Extra arguments for the test binaries (e.g. a test name filter)
@@ -83,6 +86,7 @@ fn main() -> ExitCode {
                 soak_minutes,
             })
         }),
+        Command::TestKernel => setup::run().and_then(|()| vm::run()),
         Command::ProcfsCount => bench::procfs_count(),
         Command::Test { args } => setup::run().and_then(|()| test::run(&args)),
     };

@@ -114,14 +114,17 @@ pub fn write() -> anyhow::Result<()> {
 
 /// The shipped profile must be what this machine's default derives to.
 pub fn check() -> anyhow::Result<()> {
-    let shipped = fs::read_to_string(path())
-        .with_context(|| format!("cannot read {}", path().display()))?;
+    let shipped =
+        fs::read_to_string(path()).with_context(|| format!("cannot read {}", path().display()))?;
     if shipped != derived_text()? {
         bail!(
             "{} differs from what {RUNTIME_DEFAULT} derives to; run `cargo xtask seccomp` and review the diff",
             path().display()
         );
     }
-    println!("[seccomp] {} matches {RUNTIME_DEFAULT} plus bpf(2)", path().display());
+    println!(
+        "[seccomp] {} matches {RUNTIME_DEFAULT} plus bpf(2)",
+        path().display()
+    );
     Ok(())
 }
