@@ -4,6 +4,7 @@ mod apt;
 mod bench;
 mod build;
 mod image;
+mod manifests;
 mod seccomp;
 mod setup;
 mod test;

@@ -9,7 +9,7 @@ use test_support::skip::{SKIPS_ENV, Summary};
 
 use crate::{
     build::{self, run_checked, target_dir},
-    image, seccomp, vm,
+    image, manifests, seccomp, vm,
 };
 
 /// Tools the black-box tests use as ground truth or to build namespaces.
@@ -27,6 +27,7 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
     lint()?;
     let image = image::run()?;
     seccomp::check()?;
+    manifests::check(&image)?;
 
     println!("[test] unit and HTTP tests");
     run_checked(
