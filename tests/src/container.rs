@@ -85,6 +85,23 @@ impl Container {
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
     }
 
+    /// `podman exec` of the image's binary with `args` in the running
+    /// container (same user, capabilities and seccomp profile): its exit
+    /// code and stderr.
+    pub fn exec(&self, args: &[&str]) -> (Option<i32>, String) {
+        let out = Command::new("podman")
+            .args(["--runtime", "runc", "--cgroup-manager", "cgroupfs", "exec"])
+            .arg(&self.name)
+            .arg("/spawner-sidecar")
+            .args(args)
+            .output()
+            .expect("run podman exec");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    }
+
     /// A line of the tracker's /proc/PID/status, e.g. `Uid` or `CapEff`.
     pub fn proc_status(&self, key: &str) -> String {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap();

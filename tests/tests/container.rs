@@ -178,3 +178,44 @@ fn the_runtimes_default_seccomp_profile_refuses_the_kernel_program() {
     assert_eq!(c.proc_status("CapEff"), BPF_AND_PERFMON);
     assert_eq!(c.get("/healthz").1["source"], "sock-diag");
 }
+
+#[test]
+fn the_classic_sidecars_pre_stop_wait_idle_runs_in_the_image() {
+    // deploy/sidecar-classic.yaml's exec hook, with shorter durations.
+    let port = free_port();
+    let profile = seccomp_profile();
+    let c = start(
+        "wait-idle",
+        &least_privilege(Some(&profile), &["BPF", "PERFMON"]),
+        port,
+    );
+    let wait_idle = |c: &Container| {
+        c.exec(&[
+            "wait-idle",
+            &format!("--monitor-port={port}"),
+            "--source=sock-diag",
+            "--quiet-for=1s",
+            "--timeout=3s",
+        ])
+    };
+    let server = c.run_in(move || {
+        let mut s = Server::v4(port);
+        s.connect(2);
+        s
+    });
+    let (code, stderr) = wait_idle(&c);
+    assert_eq!(
+        code,
+        Some(1),
+        "busy: wait-idle must time out; stderr: {stderr}"
+    );
+    let mut server = server;
+    server.close_all();
+    let (code, stderr) = wait_idle(&c);
+    assert_eq!(
+        code,
+        Some(0),
+        "idle: wait-idle must succeed; stderr: {stderr}"
+    );
+    drop(server);
+}
