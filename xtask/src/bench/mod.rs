@@ -25,6 +25,7 @@ mod burst;
 mod churn;
 mod freshness;
 mod kernel_path;
+mod musl;
 mod netns;
 mod population;
 mod procfs_parse;
@@ -64,6 +65,8 @@ pub enum Section {
     Procfs,
     /// 1 000 clients at once: latency, and RSS during and after
     Burst,
+    /// The glibc build vs the image's static musl build: memory, CPU per answer
+    Musl,
 }
 
 pub struct Options {
@@ -149,6 +152,7 @@ struct Results {
     soak: Option<soak::Soak>,
     parse: Vec<procfs_parse::ParseCost>,
     burst: Option<burst::Burst>,
+    musl: Option<musl::Comparison>,
 }
 
 pub use procfs_parse::count_command as procfs_count;
@@ -169,6 +173,12 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     let (holder, connloop) = build_helpers()?;
     let counter = if wants(Section::Procfs) {
         Some(build_counter()?)
+    } else {
+        None
+    };
+    // Built before the namespace exists: the musl build takes minutes.
+    let musl_bin = if wants(Section::Musl) {
+        Some(crate::image::static_binary()?)
     } else {
         None
     };
@@ -235,6 +245,9 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     }
     if wants(Section::Soak) {
         results.soak = Some(soak::measure(&bin, &plan)?);
+    }
+    if let Some(musl_bin) = &musl_bin {
+        results.musl = Some(musl::measure(&bin, musl_bin, &holder, &plan)?);
     }
 
     let command = command_line(&options);
@@ -307,6 +320,11 @@ fn render(
     }
     if let Some(b) = &results.burst {
         burst::report(&mut out, b)?;
+        writeln!(out)?;
+    }
+    if let Some(c) = &results.musl {
+        musl::report(&mut out, c)?;
+        writeln!(out)?;
     }
     targets::report(&mut out, results)?;
     Ok(out)
