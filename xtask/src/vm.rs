@@ -52,27 +52,28 @@ fn stdout(cmd: &mut Command, what: &str) -> anyhow::Result<String> {
 /// The versioned package the metapackage points at, e.g.
 /// linux-image-6.1.0-57-cloud-amd64.
 fn kernel_package() -> anyhow::Result<String> {
-    let depends = |()| -> anyhow::Result<Option<String>> {
-        let text = stdout(
-            Command::new("apt-cache").args(["depends", KERNEL_PACKAGE]),
-            "apt-cache depends",
-        )
-        .unwrap_or_default();
-        Ok(text
-            .lines()
-            .filter_map(|l| l.trim().strip_prefix("Depends: "))
-            .find(|p| p.starts_with("linux-image-"))
-            .map(str::to_string))
-    };
-    if let Some(p) = depends(())? {
-        return Ok(p);
+    if let Some(package) = versioned_package() {
+        return Ok(package);
     }
-    println!("[kernel] apt-get update (no package lists yet)");
+    println!("[kernel] apt-get update (apt knows no {KERNEL_PACKAGE} yet)");
     run_checked(
         Command::new("apt-get").args(["update", "-q"]),
         "apt-get update",
     )?;
-    depends(())?.ok_or_else(|| anyhow!("apt knows no {KERNEL_PACKAGE}: is this Debian 12?"))
+    versioned_package().ok_or_else(|| anyhow!("apt knows no {KERNEL_PACKAGE}: is this Debian 12?"))
+}
+
+/// What `apt-cache depends` says the metapackage depends on, if apt knows it.
+fn versioned_package() -> Option<String> {
+    let text = stdout(
+        Command::new("apt-cache").args(["depends", KERNEL_PACKAGE]),
+        "apt-cache depends",
+    )
+    .ok()?;
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("Depends: "))
+        .find(|p| p.starts_with("linux-image-"))
+        .map(str::to_string)
 }
 
 /// Downloads and unpacks the kernel package once; returns its root.
