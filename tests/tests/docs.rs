@@ -394,8 +394,19 @@ fn a_missing_or_fake_row_is_named() {
     }
 }
 
-/// Long flags the docs name that belong to other tools: `cargo xtask bench`.
-const OTHER_TOOLS_FLAGS: &[&str] = &["--quick", "--only"];
+/// Long flags the docs name that belong to other tools: `cargo xtask bench`;
+/// cargo's and podman's in docs/deploy.md (how the image is built and run),
+/// and kubernetes-validate's.
+const OTHER_TOOLS_FLAGS: &[&str] = &[
+    "--quick",
+    "--only",
+    "--release",
+    "--target",
+    "--cap-drop",
+    "--cap-add",
+    "--security-opt",
+    "--strict",
+];
 
 /// Every `--flag` token in `text` (not the middle of a word like `a--b`).
 fn long_flags(text: &str) -> Vec<(usize, String)> {
