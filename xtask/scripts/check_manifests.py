@@ -15,6 +15,7 @@ Prints one line per document and check; exits 1 on the first failing file.
 """
 import copy
 import os
+import re
 import sys
 
 import kubernetes_validate
@@ -175,6 +176,54 @@ def check_tracker_containers(doc, image, deploy_dir):
     return found
 
 
+def check_service_monitor(doc, services):
+    """Some Service carries the selector's labels and names each endpoint's port."""
+    wanted = doc["spec"]["selector"].get("matchLabels", {})
+    matching = [s for s in services
+                if wanted.items() <= s["metadata"].get("labels", {}).items()]
+    if not matching:
+        raise Bad(f"selector {wanted} matches no Service in deploy/")
+    for endpoint in doc["spec"].get("endpoints", []):
+        port = endpoint.get("port")
+        if port and not any(p.get("name") == port for s in matching for p in s["spec"]["ports"]):
+            raise Bad(f"endpoint port {port!r} is not a named port of {[s['metadata']['name'] for s in matching]}")
+
+
+def check_service_urls(doc, services):
+    """A metrics-api URL names a Service (and port) defined in deploy/."""
+    for trigger in doc["spec"]["triggers"]:
+        url = trigger.get("metadata", {}).get("url")
+        if trigger.get("type") != "metrics-api" or not url:
+            continue
+        host_port = url.split("://", 1)[-1].split("/", 1)[0]
+        host, _, port = host_port.partition(":")
+        name = host.split(".")[0]
+        service = next((s for s in services if s["metadata"]["name"] == name), None)
+        if service is None:
+            raise Bad(f"{url}: no Service {name!r} in deploy/")
+        if port and not any(str(p.get("port")) == port for p in service["spec"]["ports"]):
+            raise Bad(f"{url}: Service {name!r} has no port {port}")
+
+
+def check_tracker_names(doc, docs_dir):
+    """The JSON field and metric names the triggers read are the tracker's
+    documented ones (docs/http-api.md, docs/metrics.md)."""
+    with open(os.path.join(docs_dir, "http-api.md")) as f:
+        http_api = f.read()
+    with open(os.path.join(docs_dir, "metrics.md")) as f:
+        metrics = f.read()
+    for trigger in doc["spec"]["triggers"]:
+        metadata = trigger.get("metadata", {})
+        if trigger.get("type") == "metrics-api":
+            field = metadata.get("valueLocation", "")
+            if f"`{field}`" not in http_api:
+                raise Bad(f"valueLocation {field!r} is not a field docs/http-api.md documents")
+        if trigger.get("type") == "prometheus":
+            for name in re.findall(r"spawner_sidecar_[a-z_]+", metadata.get("query", "")):
+                if f"`{name}`" not in metrics:
+                    raise Bad(f"query names {name}, which docs/metrics.md does not document")
+
+
 def newest_minors(n):
     """The newest n minor versions, as full versions the library knows."""
     by_minor = {}
@@ -195,6 +244,7 @@ def main():
                 if doc:
                     docs.append((name, doc))
     defined = {(d["kind"], d["metadata"]["name"]) for _, d in docs}
+    services = [d for _, d in docs if d["kind"] == "Service"]
     failed = False
     trackers = 0
     for name, doc in docs:
@@ -216,6 +266,10 @@ def main():
                 target = doc["spec"]["scaleTargetRef"]
                 if (target.get("kind", "Deployment"), target["name"]) not in defined:
                     raise Bad(f"scales {target['name']}, which no file in deploy/ defines")
+                check_service_urls(doc, services)
+                check_tracker_names(doc, os.path.join(deploy_dir, "..", "docs"))
+            if doc["kind"] == "ServiceMonitor":
+                check_service_monitor(doc, services)
             print(f"[manifests] ok: {what} ({how})")
         except Bad as e:
             print(f"[manifests] FAILED: {what}: {e}")
