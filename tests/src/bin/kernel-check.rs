@@ -23,7 +23,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use integration_tests::{Server, eventually, http_get};
+use test_support::{Server, eventually, http::get as http_get, procinfo::held_programs};
 
 const SERVE_PORT: u16 = 7070;
 const TCP_ESTABLISHED: u8 = 0x01;
@@ -105,15 +105,10 @@ impl Tracker {
 
     /// Ids of the BPF programs this tracker holds (its fds' fdinfo).
     fn program_ids(&self) -> BTreeSet<u32> {
-        let dir = format!("/proc/{}/fdinfo", self.child.id());
-        std::fs::read_dir(dir)
+        held_programs(self.child.id())
             .unwrap()
-            .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
-            .filter_map(|info| {
-                info.lines()
-                    .find_map(|l| l.strip_prefix("prog_id:"))
-                    .and_then(|v| v.trim().parse().ok())
-            })
+            .into_iter()
+            .map(|p| p.id)
             .collect()
     }
 }

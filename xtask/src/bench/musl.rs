@@ -5,20 +5,24 @@
 //! (or saves) for being static.
 use std::{
     fmt::{self, Write as _},
-    io::{BufRead as _, BufReader, Read as _, Write as _},
+    io::{BufRead as _, BufReader, Write as _},
     net::{Ipv4Addr, TcpStream},
     path::{Path, PathBuf},
-    process::{Child, Stdio},
     time::Duration,
 };
 
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::{Context as _, bail};
+use test_support::{
+    http::KeepAlive,
+    procinfo::{Memory, cpu_ns, memory_kb},
+    sockets::Holder,
+};
 
 use super::{
-    MONITOR_PORT, Plan, SERVE_PORT, http,
-    netns::{NETNS, in_netns, within},
+    MONITOR_PORT, Plan, SERVE_PORT,
+    netns::{NETNS, within},
     stats::median,
-    tracker::{Tracker, cpu_ns, memory_mb},
+    tracker::Tracker,
 };
 
 /// Connections held on the monitored port while measuring.
@@ -42,52 +46,20 @@ pub struct Comparison {
     pub builds: Vec<Build>,
 }
 
-/// `hold-connections` pairs holding HELD connections on the monitored port.
-struct Held(Vec<Child>);
-
-impl Held {
-    fn create(holder: &Path) -> anyhow::Result<Held> {
-        let spawn = |args: &[&str]| {
-            in_netns(NETNS, holder)
-                .args(args)
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .spawn()
-                .context("starting hold-connections")
-        };
-        let count = HELD.to_string();
-        let port = MONITOR_PORT.to_string();
-        let mut held = Held(vec![spawn(&["--serve", &port, &count])?]);
-        expect(&mut held.0[0], "listening")?;
-        held.0.push(spawn(&[&port, &count])?);
-        expect(&mut held.0[1], &format!("ready {HELD}"))?;
-        expect(&mut held.0[0], &format!("ready {HELD}"))?;
-        Ok(held)
-    }
+/// `hold-connections` holding HELD connections on the monitored port: the
+/// accepting side and the connecting side.
+fn hold(holder: &Path) -> anyhow::Result<(Holder, Holder)> {
+    let count = HELD.to_string();
+    let port = MONITOR_PORT.to_string();
+    let mut server = Holder::spawn(holder, Some(NETNS), &["--serve".into(), port, count])?;
+    server.expect_line("listening")?;
+    let client = Holder::connect(holder, Some(NETNS), MONITOR_PORT, HELD)?;
+    server.expect_line(&format!("ready {HELD}"))?;
+    Ok((server, client))
 }
 
-impl Drop for Held {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn expect(child: &mut Child, want: &str) -> anyhow::Result<()> {
-    let out = child.stdout.as_mut().ok_or_else(|| anyhow!("no stdout"))?;
-    // One byte at a time: a buffered reader would swallow the next line.
-    let mut line = Vec::new();
-    let mut byte = [0u8; 1];
-    while out.read(&mut byte)? == 1 && byte[0] != b'\n' {
-        line.push(byte[0]);
-    }
-    let line = String::from_utf8_lossy(&line);
-    if line.trim() != want {
-        bail!("hold-connections printed {line:?}, expected {want:?}");
-    }
-    Ok(())
+fn memory_mb(pid: u32, which: Memory) -> anyhow::Result<f64> {
+    Ok(memory_kb(pid, which)? as f64 / 1024.0)
 }
 
 /// BURST clients connected at once, each sending `GET /` before any is
@@ -132,15 +104,15 @@ fn one_round(bin: &Path, build: &mut Build, requests: usize) -> anyhow::Result<(
     let tracker = Tracker::start(bin, NETNS, "ebpf", "1")?;
     let pid = tracker.pid();
     std::thread::sleep(Duration::from_secs(1));
-    build.peak_start_mb.push(memory_mb(pid, "VmHWM:")?);
-    build.rss_start_mb.push(memory_mb(pid, "VmRSS:")?);
+    build.peak_start_mb.push(memory_mb(pid, Memory::PeakRss)?);
+    build.rss_start_mb.push(memory_mb(pid, Memory::Rss)?);
 
     let before = cpu_ns(pid)?;
-    let held = within(move || {
-        let mut conn = http::KeepAlive::connect(SERVE_PORT)?;
+    let active = within(move || {
+        let mut conn = KeepAlive::connect(SERVE_PORT)?;
         let mut last = None;
         for _ in 0..requests {
-            last = Some(conn.get()?);
+            last = conn.get("/")?.json()?["active_connections"].as_u64();
         }
         Ok(last)
     })?;
@@ -148,8 +120,8 @@ fn one_round(bin: &Path, build: &mut Build, requests: usize) -> anyhow::Result<(
     build
         .cpu_per_answer_us
         .push(spent as f64 / requests as f64 / 1e3);
-    if held.map(|s| s.active) != Some(HELD as u64) {
-        bail!("{} counted {held:?}, not {HELD} connections", build.name);
+    if active != Some(HELD as u64) {
+        bail!("{} counted {active:?}, not {HELD} connections", build.name);
     }
 
     let ok = burst()?;
@@ -160,8 +132,8 @@ fn one_round(bin: &Path, build: &mut Build, requests: usize) -> anyhow::Result<(
         );
     }
     std::thread::sleep(Duration::from_secs(2));
-    build.peak_burst_mb.push(memory_mb(pid, "VmHWM:")?);
-    build.rss_after_burst_mb.push(memory_mb(pid, "VmRSS:")?);
+    build.peak_burst_mb.push(memory_mb(pid, Memory::PeakRss)?);
+    build.rss_after_burst_mb.push(memory_mb(pid, Memory::Rss)?);
     Ok(())
 }
 
@@ -172,7 +144,7 @@ pub fn measure(
     plan: &Plan,
 ) -> anyhow::Result<Comparison> {
     raise_open_files();
-    let _held = Held::create(holder)?;
+    let _held = hold(holder)?;
     let bins: [(&'static str, PathBuf); 2] = [
         ("glibc (target/release)", glibc.to_path_buf()),
         ("musl (the image)", musl.to_path_buf()),
