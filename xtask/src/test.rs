@@ -81,7 +81,7 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
     println!("[test] {summary}");
     result?;
 
-    // About 20 s of VM on top of builds the image already needs (measured:
+    // 4-20 s of VM on top of builds the image already needs (measured:
     // 6 min for a cold `test-kernel`, most of it the two musl builds).
     println!("[test] the exactness checks on Linux 6.1 in QEMU");
     vm::run()
