@@ -329,8 +329,16 @@ pub fn report(out: &mut String, k: &KernelPath) -> fmt::Result {
             ))
             .collect::<String>()
     )?;
-    let names: String = k.compared.iter().map(|c| format!(" {} (conn/s) |", c.name)).collect();
-    let ratios: String = k.compared.iter().map(|c| format!(" {}/A |", c.name)).collect();
+    let names: String = k
+        .compared
+        .iter()
+        .map(|c| format!(" {} (conn/s) |", c.name))
+        .collect();
+    let ratios: String = k
+        .compared
+        .iter()
+        .map(|c| format!(" {}/A |", c.name))
+        .collect();
     writeln!(
         out,
         "| round | A: none (conn/s) | F: no-op (conn/s) | B: 1 tracker (conn/s) |{names} C: {} trackers (conn/s) | F/A | B/A |{ratios} C/A |",
@@ -344,7 +352,11 @@ pub fn report(out: &mut String, k: &KernelPath) -> fmt::Result {
     )?;
     for (i, r) in k.rounds.iter().enumerate() {
         let rates: String = r.compared.iter().map(|x| format!(" {x:.0} |")).collect();
-        let over_a: String = r.compared.iter().map(|x| format!(" {:.3} |", x / r.a)).collect();
+        let over_a: String = r
+            .compared
+            .iter()
+            .map(|x| format!(" {:.3} |", x / r.a))
+            .collect();
         writeln!(
             out,
             "| {} | {:.0} | {:.0} | {:.0} |{rates} {:.0} | {:.3} | {:.3} |{over_a} {:.3} |",
