@@ -395,7 +395,7 @@ fn a_missing_or_fake_row_is_named() {
 }
 
 /// Long flags the docs name that belong to other tools: `cargo xtask bench`.
-const OTHER_TOOLS_FLAGS: &[&str] = &["--quick", "--only"];
+const OTHER_TOOLS_FLAGS: &[&str] = &["--quick", "--only", "--compare"];
 
 /// Every `--flag` token in `text` (not the middle of a word like `a--b`).
 fn long_flags(text: &str) -> Vec<(usize, String)> {
