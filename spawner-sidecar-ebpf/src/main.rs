@@ -99,12 +99,7 @@ pub fn track_tcp_state(ctx: BtfTracePointContext) -> i32 {
     if let Err(error) = try_track_tcp_state(&ctx) {
         let seen = bump(STAT_READ_ERRORS);
         if worth_logging(seen) {
-            warn!(
-                &ctx,
-                "reading a socket failed (error {}); {} times on this CPU, the transition is not counted",
-                error,
-                seen
-            );
+            log_read_error(&ctx, error, seen);
         }
     }
     0
@@ -140,6 +135,40 @@ fn bump(stat: u32) -> u64 {
         }
         None => 0,
     }
+}
+
+// The log lines live in functions of their own, kept out of line: an
+// aya-log call expands to a few hundred instructions, which inlined would
+// spread the per-event path over more of the instruction cache.
+
+#[inline(never)]
+fn log_read_error(ctx: &BtfTracePointContext, error: i32, seen: u64) {
+    warn!(
+        ctx,
+        "reading a socket failed (error {}); {} times on this CPU, the transition is not counted",
+        error,
+        seen
+    );
+}
+
+#[inline(never)]
+fn log_sockets_full(ctx: &BtfTracePointContext, port: u16, seen: u64) {
+    warn!(
+        ctx,
+        "per-connection map full: a connection on port {} has no recorded start ({} times on this CPU); snapshots add it later",
+        port,
+        seen
+    );
+}
+
+#[inline(never)]
+fn log_listener_lost(ctx: &BtfTracePointContext, port: u16, seen: u64) {
+    warn!(
+        ctx,
+        "listener ring full: new listener on port {} not reported ({} times on this CPU); the next snapshot finds it",
+        port,
+        seen
+    );
 }
 
 /// Whether the `seen`-th occurrence of a rare event on this CPU gets a log
@@ -278,12 +307,7 @@ fn try_track_tcp_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
         {
             let seen = bump(STAT_SOCKETS_FULL);
             if worth_logging(seen) {
-                warn!(
-                    ctx,
-                    "per-connection map full: a connection on port {} has no recorded start ({} times on this CPU); snapshots add it later",
-                    port,
-                    seen
-                );
+                log_sockets_full(ctx, port, seen);
             }
         }
         if cfg.activity_min_age_ns == 0 {
@@ -364,12 +388,7 @@ fn report_listener(ctx: &BtfTracePointContext, sk: *const u8, cfg: &TrackerConfi
     if LISTENERS.output::<u32>(u32::from(port), 0).is_err() {
         let seen = bump(STAT_LISTENERS_LOST);
         if worth_logging(seen) {
-            warn!(
-                ctx,
-                "listener ring full: new listener on port {} not reported ({} times on this CPU); the next snapshot finds it",
-                port,
-                seen
-            );
+            log_listener_lost(ctx, port, seen);
         }
     }
 }

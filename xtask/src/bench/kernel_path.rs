@@ -62,6 +62,11 @@ pub struct Round {
     /// One per `--compare` build, in order.
     pub compared: Vec<f64>,
     pub c: f64,
+    /// ns per event of F's, B's and each compared program in this round's
+    /// statistics run: their spread shows the noise within one run.
+    pub f_ns: f64,
+    pub b_ns: f64,
+    pub compared_ns: Vec<f64>,
 }
 
 /// Another build of the tracker run beside this one (`--compare`).
@@ -191,25 +196,29 @@ pub fn measure(bin: &Path, loop_bin: &Path, plan: &Plan) -> anyhow::Result<Kerne
         let before = floor.stats()?;
         let (_, _) = with_stats(&stats, &[], loop_bin, stats_seconds)?;
         let after = floor.stats()?;
-        result.floor.add(ProgCost {
+        let f_cost = ProgCost {
             run_ns: after.run_ns - before.run_ns,
             runs: after.runs - before.runs,
-        });
+        };
+        result.floor.add(f_cost);
         drop(floor);
 
         let one = Tracker::start(bin, NETNS, "ebpf", REFRESH)?;
         let b = connloop(loop_bin, plan.loop_seconds)?;
         let (cost, rate) = with_stats(&stats, &[one.pid()], loop_bin, stats_seconds)?;
         result.b_prog.add(cost[0]);
+        let b_ns = cost[0].ns_per_run();
         result.b_stats_connections += rate * stats_seconds;
         drop(one);
 
         let mut compared = Vec::new();
+        let mut compared_ns = Vec::new();
         for other in &mut result.compared {
             let tracker = Tracker::start(&other.bin, NETNS, "ebpf", REFRESH)?;
             compared.push(connloop(loop_bin, plan.loop_seconds)?);
             let (cost, _) = with_stats(&stats, &[tracker.pid()], loop_bin, stats_seconds)?;
             other.prog.add(cost[0]);
+            compared_ns.push(cost[0].ns_per_run());
         }
 
         // All spawned before any is waited for: they load in parallel.
@@ -234,6 +243,9 @@ pub fn measure(bin: &Path, loop_bin: &Path, plan: &Plan) -> anyhow::Result<Kerne
             b,
             compared,
             c,
+            f_ns: f_cost.ns_per_run(),
+            b_ns,
+            compared_ns,
         });
     }
     result.foreign_trackers.1 = running_trackers();
@@ -385,42 +397,49 @@ pub fn report(out: &mut String, k: &KernelPath) -> fmt::Result {
         "Program run time from `kernel.bpf_stats_enabled` (run_time_ns / run_cnt per program), over a separate {:.1} s loop run per round with statistics on, trackers still attached:\n",
         k.stats_seconds
     )?;
-    writeln!(out, "| program | events | ns per event | above the floor |")?;
-    writeln!(out, "| --- | ---: | ---: | ---: |")?;
+    writeln!(
+        out,
+        "| program | events | ns per event | above the floor | per round: median (min - max) |"
+    )?;
+    writeln!(out, "| --- | ---: | ---: | ---: | ---: |")?;
     let floor = k.floor.ns_per_run();
     writeln!(
         out,
-        "| F: no-op program (the floor) | {} | {:.0} | |",
-        k.floor.runs, floor
+        "| F: no-op program (the floor) | {} | {:.0} | | {} |",
+        k.floor.runs,
+        floor,
+        spread(k.rounds.iter().map(|r| r.f_ns).collect())
     )?;
     writeln!(
         out,
-        "| B: the one tracker | {} | {:.0} | {:.0} |",
+        "| B: the one tracker | {} | {:.0} | {:.0} | {} |",
         k.b_prog.runs,
         k.b_prog.ns_per_run(),
-        k.b_prog.ns_per_run() - floor
+        k.b_prog.ns_per_run() - floor,
+        spread(k.rounds.iter().map(|r| r.b_ns).collect())
     )?;
-    for c in &k.compared {
+    for (i, c) in k.compared.iter().enumerate() {
         writeln!(
             out,
-            "| {}: `{}` | {} | {:.0} | {:.0} |",
+            "| {}: `{}` | {} | {:.0} | {:.0} | {} |",
             c.name,
             c.bin.display(),
             c.prog.runs,
             c.prog.ns_per_run(),
-            c.prog.ns_per_run() - floor
+            c.prog.ns_per_run() - floor,
+            spread(k.rounds.iter().map(|r| r.compared_ns[i]).collect())
         )?;
     }
     writeln!(
         out,
-        "| C: tracker in the loop's namespace (counts) | {} | {:.0} | {:.0} |",
+        "| C: tracker in the loop's namespace (counts) | {} | {:.0} | {:.0} | |",
         k.c_followed.runs,
         k.c_followed.ns_per_run(),
         k.c_followed.ns_per_run() - floor
     )?;
     writeln!(
         out,
-        "| C: each of the {} others (same port, other namespace: rejects), mean | {} | {:.0} | {:.0} |",
+        "| C: each of the {} others (same port, other namespace: rejects), mean | {} | {:.0} | {:.0} | |",
         k.trackers - 1,
         k.c_others.runs / (k.trackers as u64 - 1).max(1),
         k.other_ns(),
@@ -428,7 +447,7 @@ pub fn report(out: &mut String, k: &KernelPath) -> fmt::Result {
     )?;
     writeln!(
         out,
-        "| **C: all {} programs, ns added per TCP state change** | | **{:.0}** | |",
+        "| **C: all {} programs, ns added per TCP state change** | | **{:.0}** | | |",
         k.trackers,
         k.c_total_ns()
     )?;
@@ -446,4 +465,11 @@ pub fn report(out: &mut String, k: &KernelPath) -> fmt::Result {
         median_conn_ns(|r| r.b),
         median_conn_ns(|r| r.c),
     )
+}
+
+/// "median (min - max)" of per-round figures.
+fn spread(values: Vec<f64>) -> String {
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{:.0} ({min:.0} - {max:.0})", median(values))
 }
