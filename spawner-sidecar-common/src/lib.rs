@@ -89,7 +89,11 @@ pub struct TrackerConfig {
     pub netns_inum: u32,
     /// `FLAG_*` bits.
     pub flags: u32,
-    pub _reserved: u32,
+    /// `offsetof(struct sock, __sk_common.skc_cookie)`: the socket cookie
+    /// once generated, 0 before. The program generates it (helper) when a
+    /// connection enters ESTABLISHED and loads it from here when it leaves:
+    /// a plain load instead of a second helper call.
+    pub off_cookie: u32,
     /// Connections that close younger than this are not activity
     /// (`--activity-min-age`); 0 makes every connection activity.
     pub activity_min_age_ns: u64,
@@ -164,6 +168,9 @@ pub struct SelfTestRecord {
     pub _reserved: u32,
     /// Peer address through `off_daddr` (first 4 bytes) or `off_v6_daddr`.
     pub daddr: [u8; 16],
+    /// Socket cookie loaded through `off_cookie` after `cookie` was
+    /// generated: must equal it.
+    pub loaded_cookie: u64,
 }
 
 #[cfg(feature = "user")]
@@ -199,6 +206,7 @@ mod tests {
         assert_eq!(offset_of!(TrackerConfig, sk_protocol_size), 32);
         assert_eq!(offset_of!(TrackerConfig, netns_inum), 36);
         assert_eq!(offset_of!(TrackerConfig, flags), 40);
+        assert_eq!(offset_of!(TrackerConfig, off_cookie), 44);
         assert_eq!(offset_of!(TrackerConfig, activity_min_age_ns), 48);
     }
 
@@ -225,7 +233,7 @@ mod tests {
 
     #[test]
     fn selftest_record_layout_is_pinned() {
-        assert_eq!(size_of::<SelfTestRecord>(), 48);
+        assert_eq!(size_of::<SelfTestRecord>(), 56);
         assert_eq!(offset_of!(SelfTestRecord, seen), 0);
         assert_eq!(offset_of!(SelfTestRecord, cookie), 8);
         assert_eq!(offset_of!(SelfTestRecord, netns_inum), 16);
@@ -234,6 +242,7 @@ mod tests {
         assert_eq!(offset_of!(SelfTestRecord, num), 24);
         assert_eq!(offset_of!(SelfTestRecord, sport), 26);
         assert_eq!(offset_of!(SelfTestRecord, daddr), 32);
+        assert_eq!(offset_of!(SelfTestRecord, loaded_cookie), 48);
     }
 
     /// A value viewed as the bytes the kernel stores decodes to itself.

@@ -13,7 +13,11 @@
 //! outside `struct sock` (`inet_sport`) needs `bpf_probe_read_kernel`.
 //!
 //! It never fails a transition: every error path returns 0 and at worst
-//! bumps a `STATS` counter.
+//! bumps a `STATS` counter. The rare paths (a failed read, the
+//! per-connection map full, a lost listener report) also write an aya-log
+//! line, at most at the 1st, 2nd, 4th, 8th... occurrence on each CPU so
+//! that a flood costs no more than the counter; so does the self-test.
+//! Nothing is logged on the per-event path.
 #![no_std]
 #![no_main]
 
@@ -24,6 +28,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::BtfTracePointContext,
 };
+use aya_log_ebpf::{debug, warn};
 use spawner_sidecar_common::{
     AF_INET, DEFAULT_MAX_SOCKETS, FLAG_ALL_PORTS, FLAG_IGNORE_PEERS, IPPROTO_TCP,
     LISTENER_RING_BYTES, MAX_IGNORED_PEERS, MAX_PORTS, PEER_TAG_V4, PEER_TAG_V6, PORT_SLOT_ENTRIES,
@@ -46,7 +51,7 @@ static CONFIG: TrackerConfig = TrackerConfig {
     sk_protocol_size: 0,
     netns_inum: 0,
     flags: 0,
-    _reserved: 0,
+    off_cookie: 0,
     activity_min_age_ns: 0,
 };
 
@@ -91,9 +96,21 @@ static SELFTEST: Array<SelfTestRecord> = Array::with_max_entries(2, 0);
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn track_tcp_state(ctx: BtfTracePointContext) -> i32 {
-    if try_track_tcp_state(&ctx).is_err() {
-        bump(STAT_READ_ERRORS);
+    if let Err(error) = try_track_tcp_state(&ctx) {
+        let seen = bump(STAT_READ_ERRORS);
+        if worth_logging(seen) {
+            log_read_error(&ctx, error, seen);
+        }
     }
+    0
+}
+
+/// Does nothing, and the daemon never attaches it: `cargo xtask bench`
+/// attaches it on its own to measure, in the same run as the tracker, what
+/// any program costs on this tracepoint (the floor under `track_tcp_state`'s
+/// figure with `kernel.bpf_stats_enabled`).
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn tcp_state_floor(_ctx: BtfTracePointContext) -> i32 {
     0
 }
 
@@ -103,13 +120,61 @@ fn config() -> TrackerConfig {
     unsafe { core::ptr::read_volatile(&CONFIG) }
 }
 
-fn bump(stat: u32) {
-    if let Some(counter) = STATS.get_ptr_mut(stat) {
-        // SAFETY: a valid per-CPU slot; the kernel never runs this program
-        // twice at once on one CPU (it skips a nested run), so no other
-        // writer can interleave.
-        unsafe { *counter += 1 };
+/// Adds one to a `STATS` counter of this CPU; returns its new value (0 if
+/// the slot is missing, which the verifier makes impossible).
+fn bump(stat: u32) -> u64 {
+    match STATS.get_ptr_mut(stat) {
+        Some(counter) => {
+            // SAFETY: a valid per-CPU slot; the kernel never runs this
+            // program twice at once on one CPU (it skips a nested run), so
+            // no other writer can interleave.
+            unsafe {
+                *counter += 1;
+                *counter
+            }
+        }
+        None => 0,
     }
+}
+
+// The log lines live in functions of their own, kept out of line: an
+// aya-log call expands to a few hundred instructions, which inlined would
+// spread the per-event path over more of the instruction cache.
+
+#[inline(never)]
+fn log_read_error(ctx: &BtfTracePointContext, error: i32, seen: u64) {
+    warn!(
+        ctx,
+        "reading a socket failed (error {}); {} times on this CPU, the transition is not counted",
+        error,
+        seen
+    );
+}
+
+#[inline(never)]
+fn log_sockets_full(ctx: &BtfTracePointContext, port: u16, seen: u64) {
+    warn!(
+        ctx,
+        "per-connection map full: a connection on port {} has no recorded start ({} times on this CPU); snapshots add it later",
+        port,
+        seen
+    );
+}
+
+#[inline(never)]
+fn log_listener_lost(ctx: &BtfTracePointContext, port: u16, seen: u64) {
+    warn!(
+        ctx,
+        "listener ring full: new listener on port {} not reported ({} times on this CPU); the next snapshot finds it",
+        port,
+        seen
+    );
+}
+
+/// Whether the `seen`-th occurrence of a rare event on this CPU gets a log
+/// line: the powers of two, so a flood writes a few lines, not one each.
+fn worth_logging(seen: u64) -> bool {
+    seen.is_power_of_two()
 }
 
 /// Loads a `T` at `base + offset`, where `base` is a BTF-typed kernel
@@ -180,14 +245,14 @@ fn try_track_tcp_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
     };
     if slot == 0 {
         if cfg.flags & FLAG_ALL_PORTS != 0 && newstate == TCP_LISTEN && port != 0 {
-            report_listener(sk, &cfg, port);
+            report_listener(ctx, sk, &cfg, port);
         }
         return Ok(());
     }
 
     let id = identity(sk, &cfg);
     if slot == SELFTEST_SLOT {
-        record_selftest(sk, &cfg, &id, num);
+        record_selftest(ctx, sk, &cfg, &id, num);
         return Ok(());
     }
     if id.protocol != IPPROTO_TCP {
@@ -222,15 +287,14 @@ fn try_track_tcp_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
         counts.ignored += if entering { 1 } else { -1 };
         return Ok(());
     }
-    // SAFETY: plain helper calls; sk is a BTF-typed socket pointer.
-    let (now, cookie) = unsafe {
-        (
-            bpf_ktime_get_boot_ns(),
-            bpf_get_socket_cookie(sk as *mut core::ffi::c_void),
-        )
-    };
+    // SAFETY: a plain helper call.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
     let delta = if entering {
         counts.opened += 1;
+        // The connection's first need of its cookie: the helper generates
+        // it (sock_gen_cookie) and stores it in the socket.
+        // SAFETY: sk is a BTF-typed socket pointer.
+        let cookie = unsafe { bpf_get_socket_cookie(sk as *mut core::ffi::c_void) };
         let record = SocketRecord {
             start_ns: now,
             port,
@@ -241,7 +305,10 @@ fn try_track_tcp_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
             .insert(cookie, record, u64::from(BPF_NOEXIST))
             .is_err()
         {
-            bump(STAT_SOCKETS_FULL);
+            let seen = bump(STAT_SOCKETS_FULL);
+            if worth_logging(seen) {
+                log_sockets_full(ctx, port, seen);
+            }
         }
         if cfg.activity_min_age_ns == 0 {
             counts.last_active_ns = now;
@@ -249,16 +316,25 @@ fn try_track_tcp_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
         1
     } else {
         counts.closed += 1;
-        // Unknown start (from before the program, or not recorded): old.
+        // Leaving: the cookie was generated on the way in (or by a
+        // sock_diag dump), so it is a plain load from the socket, cheaper
+        // than the helper. 0 means nobody ever generated one, and then no
+        // entry can be keyed by it: unknown start, old.
+        // SAFETY: sk is the tracepoint's socket; offset from BTF, checked
+        // by the self-test.
+        let cookie: u64 = unsafe { load(sk, cfg.off_cookie) };
         // Without --activity-min-age nothing is young: skip the lookup.
-        let young = cfg.activity_min_age_ns != 0
+        let young = cookie != 0
+            && cfg.activity_min_age_ns != 0
             && SOCKETS
                 .get_ptr(cookie)
                 // SAFETY: a live entry; the socket's own lock orders its
                 // transitions, so nothing removes it under us.
                 .map(|r| now.saturating_sub(unsafe { (*r).start_ns }) < cfg.activity_min_age_ns)
                 .unwrap_or(false);
-        let _ = SOCKETS.remove(cookie);
+        if cookie != 0 {
+            let _ = SOCKETS.remove(cookie);
+        }
         if young {
             let _ = YOUNG_CLOSED.insert(cookie, now, 0);
         } else {
@@ -304,27 +380,38 @@ fn peer_ignored(sk: *const u8, cfg: &TrackerConfig, family: u16) -> bool {
 }
 
 /// Tells the daemon that `port` has a new listener in our namespace.
-fn report_listener(sk: *const u8, cfg: &TrackerConfig, port: u16) {
+fn report_listener(ctx: &BtfTracePointContext, sk: *const u8, cfg: &TrackerConfig, port: u16) {
     let id = identity(sk, cfg);
     if id.protocol != IPPROTO_TCP || (cfg.netns_inum != 0 && id.netns != cfg.netns_inum) {
         return;
     }
     if LISTENERS.output::<u32>(u32::from(port), 0).is_err() {
-        bump(STAT_LISTENERS_LOST);
+        let seen = bump(STAT_LISTENERS_LOST);
+        if worth_logging(seen) {
+            log_listener_lost(ctx, port, seen);
+        }
     }
 }
 
-fn record_selftest(sk: *const u8, cfg: &TrackerConfig, id: &Identity, num: u16) {
+fn record_selftest(
+    ctx: &BtfTracePointContext,
+    sk: *const u8,
+    cfg: &TrackerConfig,
+    id: &Identity,
+    num: u16,
+) {
     let index = if id.family == AF_INET { 0 } else { 1 };
     let Some(record) = SELFTEST.get_ptr_mut(index) else {
         return;
     };
     // SAFETY: sk is the tracepoint's socket; offsets from BTF.
-    let (sport, cookie, daddr) = unsafe {
+    let (sport, cookie, loaded_cookie, daddr) = unsafe {
         let sport = probe::<u16>(sk, cfg.off_sport)
             .map(u16::from_be)
             .unwrap_or(0);
         let cookie = bpf_get_socket_cookie(sk as *mut core::ffi::c_void);
+        // After the helper has generated it: what the close path loads.
+        let loaded_cookie: u64 = load(sk, cfg.off_cookie);
         let daddr: [u8; 16] = if id.family == AF_INET {
             let v4: [u8; 4] = load(sk, cfg.off_daddr);
             [
@@ -333,8 +420,19 @@ fn record_selftest(sk: *const u8, cfg: &TrackerConfig, id: &Identity, num: u16) 
         } else {
             load(sk, cfg.off_v6_daddr)
         };
-        (sport, cookie, daddr)
+        (sport, cookie, loaded_cookie, daddr)
     };
+    debug!(
+        ctx,
+        "self-test event: netns {} family {} protocol {} port {}/{} cookie {}/{}",
+        id.netns,
+        id.family,
+        id.protocol,
+        num,
+        sport,
+        cookie,
+        loaded_cookie
+    );
     // SAFETY: a valid array slot; concurrent writers only race on which of
     // two self-test events wins, which the daemon's check tolerates.
     unsafe {
@@ -346,6 +444,7 @@ fn record_selftest(sk: *const u8, cfg: &TrackerConfig, id: &Identity, num: u16) 
         (*record).num = num;
         (*record).sport = sport;
         (*record).daddr = daddr;
+        (*record).loaded_cookie = loaded_cookie;
     }
 }
 

@@ -400,6 +400,7 @@ fn a_missing_or_fake_row_is_named() {
 const OTHER_TOOLS_FLAGS: &[&str] = &[
     "--quick",
     "--only",
+    "--compare",
     "--release",
     "--target",
     "--cap-drop",

@@ -52,6 +52,11 @@ enum Command {
         /// Minutes of churn in the soak [default: 30, or 0.75 with --quick]
         #[arg(long, value_parser = parse_minutes)]
         soak_minutes: Option<f64>,
+        /// Kernel path: also run this other build of the tracker in every
+        /// round, side by side with this one (NAME=PATH, repeatable; e.g. the
+        /// previous program built from main)
+        #[arg(long, value_name = "NAME=PATH", value_parser = parse_variant)]
+        compare: Vec<(String, std::path::PathBuf)>,
     },
     /// Internal to `bench`: one timing of the procfs crate, in the namespace it runs in
     #[command(name = "procfs-count", hide = true)]
@@ -80,11 +85,13 @@ fn main() -> ExitCode {
             quick,
             only,
             soak_minutes,
+            compare,
         } => setup::run().and_then(|()| {
             bench::run(bench::Options {
                 quick,
                 only,
                 soak_minutes,
+                compare,
             })
         }),
         Command::TestKernel => setup::run().and_then(|()| vm::run()),
@@ -105,4 +112,18 @@ fn parse_minutes(value: &str) -> Result<f64, String> {
         Ok(m) if m > 0.0 && m <= 24.0 * 60.0 => Ok(m),
         _ => Err(format!("{value:?} is not a number of minutes in (0, 1440]")),
     }
+}
+
+/// `NAME=PATH` of `bench --compare`: a label for the report and an existing
+/// tracker binary.
+fn parse_variant(value: &str) -> Result<(String, std::path::PathBuf), String> {
+    let (name, path) = value
+        .split_once('=')
+        .filter(|(name, path)| !name.is_empty() && !path.is_empty())
+        .ok_or_else(|| format!("{value:?} is not NAME=PATH"))?;
+    let path = std::path::PathBuf::from(path);
+    if !path.is_file() {
+        return Err(format!("{} is not a file", path.display()));
+    }
+    Ok((name.to_string(), path))
 }

@@ -1,7 +1,9 @@
 //! Section "cost on the kernel's TCP path": a connect/accept/RST loop on
-//! loopback (`xtask/bench/connloop.c`) run without a tracker (A), with one
-//! (B), and with ten attached at once (C: one sidecar per pod on a node),
-//! alternating A B C each round; then the programs' own run time from
+//! loopback (`xtask/bench/connloop.c`) run without a tracker (A), with only
+//! the kernel object's no-op program attached (F: the floor), with one
+//! tracker (B), with each `--compare` build of the tracker in turn (B'), and
+//! with ten attached at once (C: one sidecar per pod on a node), alternating
+//! A F B B' C each round; then the programs' own run time from
 //! `kernel.bpf_stats_enabled`.
 //!
 //! In C the first tracker follows the loop's port in the loop's namespace;
@@ -11,13 +13,14 @@
 use std::{
     fmt::{self, Write as _},
     fs,
-    path::Path,
+    path::{Path, PathBuf},
 };
 
 use anyhow::{Context as _, bail};
 
 use super::{
     MONITOR_PORT, Plan,
+    floor::Floor,
     netns::NETNS,
     stats::median,
     tracker::{Tracker, prog_stats},
@@ -53,8 +56,25 @@ impl ProgCost {
 
 pub struct Round {
     pub a: f64,
+    /// Only the no-op program attached.
+    pub f: f64,
     pub b: f64,
+    /// One per `--compare` build, in order.
+    pub compared: Vec<f64>,
     pub c: f64,
+    /// ns per event of F's, B's and each compared program in this round's
+    /// statistics run: their spread shows the noise within one run.
+    pub f_ns: f64,
+    pub b_ns: f64,
+    pub compared_ns: Vec<f64>,
+}
+
+/// Another build of the tracker run beside this one (`--compare`).
+pub struct Compared {
+    pub name: String,
+    pub bin: PathBuf,
+    pub prog: ProgCost,
+    pub over_a: f64,
 }
 
 pub struct KernelPath {
@@ -62,8 +82,12 @@ pub struct KernelPath {
     pub loop_seconds: f64,
     pub stats_seconds: f64,
     pub rounds: Vec<Round>,
+    pub f_over_a: f64,
     pub b_over_a: f64,
     pub c_over_a: f64,
+    /// The no-op program of F.
+    pub floor: ProgCost,
+    pub compared: Vec<Compared>,
     /// The one program of B.
     pub b_prog: ProgCost,
     /// C's program in the loop's namespace.
@@ -133,8 +157,20 @@ pub fn measure(bin: &Path, loop_bin: &Path, plan: &Plan) -> anyhow::Result<Kerne
         loop_seconds: plan.loop_seconds,
         stats_seconds,
         rounds: Vec::new(),
+        f_over_a: f64::NAN,
         b_over_a: f64::NAN,
         c_over_a: f64::NAN,
+        floor: ProgCost::default(),
+        compared: plan
+            .compare
+            .iter()
+            .map(|(name, bin)| Compared {
+                name: name.clone(),
+                bin: bin.clone(),
+                prog: ProgCost::default(),
+                over_a: f64::NAN,
+            })
+            .collect(),
         b_prog: ProgCost::default(),
         c_followed: ProgCost::default(),
         c_others: ProgCost::default(),
@@ -143,19 +179,47 @@ pub fn measure(bin: &Path, loop_bin: &Path, plan: &Plan) -> anyhow::Result<Kerne
     };
     for round in 0..plan.rounds {
         progress!(
-            "kernel path round {}/{}: A, B, C ({} trackers)",
+            "kernel path round {}/{}: A, F, B,{} C ({} trackers)",
             round + 1,
             plan.rounds,
+            result
+                .compared
+                .iter()
+                .map(|c| format!(" {},", c.name))
+                .collect::<String>(),
             plan.trackers
         );
         let a = connloop(loop_bin, plan.loop_seconds)?;
+
+        let floor = Floor::attach()?;
+        let f = connloop(loop_bin, plan.loop_seconds)?;
+        let before = floor.stats()?;
+        let (_, _) = with_stats(&stats, &[], loop_bin, stats_seconds)?;
+        let after = floor.stats()?;
+        let f_cost = ProgCost {
+            run_ns: after.run_ns - before.run_ns,
+            runs: after.runs - before.runs,
+        };
+        result.floor.add(f_cost);
+        drop(floor);
 
         let one = Tracker::start(bin, NETNS, "ebpf", REFRESH)?;
         let b = connloop(loop_bin, plan.loop_seconds)?;
         let (cost, rate) = with_stats(&stats, &[one.pid()], loop_bin, stats_seconds)?;
         result.b_prog.add(cost[0]);
+        let b_ns = cost[0].ns_per_run();
         result.b_stats_connections += rate * stats_seconds;
         drop(one);
+
+        let mut compared = Vec::new();
+        let mut compared_ns = Vec::new();
+        for other in &mut result.compared {
+            let tracker = Tracker::start(&other.bin, NETNS, "ebpf", REFRESH)?;
+            compared.push(connloop(loop_bin, plan.loop_seconds)?);
+            let (cost, _) = with_stats(&stats, &[tracker.pid()], loop_bin, stats_seconds)?;
+            other.prog.add(cost[0]);
+            compared_ns.push(cost[0].ns_per_run());
+        }
 
         // All spawned before any is waited for: they load in parallel.
         let mut ten = vec![Tracker::spawn(bin, NETNS, "ebpf", REFRESH)?];
@@ -173,9 +237,22 @@ pub fn measure(bin: &Path, loop_bin: &Path, plan: &Plan) -> anyhow::Result<Kerne
             result.c_others.add(*other);
         }
         drop(ten);
-        result.rounds.push(Round { a, b, c });
+        result.rounds.push(Round {
+            a,
+            f,
+            b,
+            compared,
+            c,
+            f_ns: f_cost.ns_per_run(),
+            b_ns,
+            compared_ns,
+        });
     }
     result.foreign_trackers.1 = running_trackers();
+    result.f_over_a = median(result.rounds.iter().map(|r| r.f / r.a).collect());
+    for (i, other) in result.compared.iter_mut().enumerate() {
+        other.over_a = median(result.rounds.iter().map(|r| r.compared[i] / r.a).collect());
+    }
     result.b_over_a = median(result.rounds.iter().map(|r| r.b / r.a).collect());
     result.c_over_a = median(result.rounds.iter().map(|r| r.c / r.a).collect());
     Ok(result)
@@ -254,56 +331,123 @@ pub fn report(out: &mut String, k: &KernelPath) -> fmt::Result {
     )?;
     writeln!(
         out,
-        "| round | A: none (conn/s) | B: 1 tracker (conn/s) | C: {} trackers (conn/s) | B/A | C/A |",
+        "F: only the kernel object's no-op program (`tcp_state_floor`) attached, by the bench itself: what any program costs on this tracepoint.{}\n",
+        k.compared
+            .iter()
+            .map(|c| format!(
+                " {}: the tracker built from `{}` (`--compare`), one at a time like B.",
+                c.name,
+                c.bin.display()
+            ))
+            .collect::<String>()
+    )?;
+    let names: String = k
+        .compared
+        .iter()
+        .map(|c| format!(" {} (conn/s) |", c.name))
+        .collect();
+    let ratios: String = k
+        .compared
+        .iter()
+        .map(|c| format!(" {}/A |", c.name))
+        .collect();
+    writeln!(
+        out,
+        "| round | A: none (conn/s) | F: no-op (conn/s) | B: 1 tracker (conn/s) |{names} C: {} trackers (conn/s) | F/A | B/A |{ratios} C/A |",
         k.trackers
     )?;
-    writeln!(out, "| ---: | ---: | ---: | ---: | ---: | ---: |")?;
+    writeln!(
+        out,
+        "| ---: | ---: | ---: | ---: |{} ---: | ---: | ---: |{} ---: |",
+        " ---: |".repeat(k.compared.len()),
+        " ---: |".repeat(k.compared.len())
+    )?;
     for (i, r) in k.rounds.iter().enumerate() {
+        let rates: String = r.compared.iter().map(|x| format!(" {x:.0} |")).collect();
+        let over_a: String = r
+            .compared
+            .iter()
+            .map(|x| format!(" {:.3} |", x / r.a))
+            .collect();
         writeln!(
             out,
-            "| {} | {:.0} | {:.0} | {:.0} | {:.3} | {:.3} |",
+            "| {} | {:.0} | {:.0} | {:.0} |{rates} {:.0} | {:.3} | {:.3} |{over_a} {:.3} |",
             i + 1,
             r.a,
+            r.f,
             r.b,
             r.c,
+            r.f / r.a,
             r.b / r.a,
             r.c / r.a
         )?;
     }
+    let compared: String = k
+        .compared
+        .iter()
+        .map(|c| format!(", {}/A **{:.3}**", c.name, c.over_a))
+        .collect();
     writeln!(
         out,
-        "\nMedian ratios: B/A **{:.3}**, C/A **{:.3}** (target B/A ≥ 0.98).\n",
-        k.b_over_a, k.c_over_a
+        "\nMedian ratios: F/A **{:.3}**, B/A **{:.3}**{compared}, C/A **{:.3}** (target B/A ≥ 0.98).\n",
+        k.f_over_a, k.b_over_a, k.c_over_a
     )?;
     writeln!(
         out,
         "Program run time from `kernel.bpf_stats_enabled` (run_time_ns / run_cnt per program), over a separate {:.1} s loop run per round with statistics on, trackers still attached:\n",
         k.stats_seconds
     )?;
-    writeln!(out, "| program | events | ns per event |")?;
-    writeln!(out, "| --- | ---: | ---: |")?;
     writeln!(
         out,
-        "| B: the one tracker | {} | {:.0} |",
+        "| program | events | ns per event | above the floor | per round: median (min - max) |"
+    )?;
+    writeln!(out, "| --- | ---: | ---: | ---: | ---: |")?;
+    let floor = k.floor.ns_per_run();
+    writeln!(
+        out,
+        "| F: no-op program (the floor) | {} | {:.0} | | {} |",
+        k.floor.runs,
+        floor,
+        spread(k.rounds.iter().map(|r| r.f_ns).collect())
+    )?;
+    writeln!(
+        out,
+        "| B: the one tracker | {} | {:.0} | {:.0} | {} |",
         k.b_prog.runs,
-        k.b_prog.ns_per_run()
+        k.b_prog.ns_per_run(),
+        k.b_prog.ns_per_run() - floor,
+        spread(k.rounds.iter().map(|r| r.b_ns).collect())
     )?;
+    for (i, c) in k.compared.iter().enumerate() {
+        writeln!(
+            out,
+            "| {}: `{}` | {} | {:.0} | {:.0} | {} |",
+            c.name,
+            c.bin.display(),
+            c.prog.runs,
+            c.prog.ns_per_run(),
+            c.prog.ns_per_run() - floor,
+            spread(k.rounds.iter().map(|r| r.compared_ns[i]).collect())
+        )?;
+    }
     writeln!(
         out,
-        "| C: tracker in the loop's namespace (counts) | {} | {:.0} |",
+        "| C: tracker in the loop's namespace (counts) | {} | {:.0} | {:.0} | |",
         k.c_followed.runs,
-        k.c_followed.ns_per_run()
+        k.c_followed.ns_per_run(),
+        k.c_followed.ns_per_run() - floor
     )?;
     writeln!(
         out,
-        "| C: each of the {} others (same port, other namespace: rejects), mean | {} | {:.0} |",
+        "| C: each of the {} others (same port, other namespace: rejects), mean | {} | {:.0} | {:.0} | |",
         k.trackers - 1,
         k.c_others.runs / (k.trackers as u64 - 1).max(1),
-        k.other_ns()
+        k.other_ns(),
+        k.other_ns() - floor
     )?;
     writeln!(
         out,
-        "| **C: all {} programs, ns added per TCP state change** | | **{:.0}** |",
+        "| **C: all {} programs, ns added per TCP state change** | | **{:.0}** | | |",
         k.trackers,
         k.c_total_ns()
     )?;
@@ -321,4 +465,11 @@ pub fn report(out: &mut String, k: &KernelPath) -> fmt::Result {
         median_conn_ns(|r| r.b),
         median_conn_ns(|r| r.c),
     )
+}
+
+/// "median (min - max)" of per-round figures.
+fn spread(values: Vec<f64>) -> String {
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{:.0} ({min:.0} - {max:.0})", median(values))
 }

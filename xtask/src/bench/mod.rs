@@ -23,6 +23,7 @@ macro_rules! progress {
 mod answer;
 mod burst;
 mod churn;
+mod floor;
 mod freshness;
 mod kernel_path;
 mod musl;
@@ -74,6 +75,8 @@ pub struct Options {
     /// Empty: every section.
     pub only: Vec<Section>,
     pub soak_minutes: Option<f64>,
+    /// Other tracker builds to run beside this one in the kernel path.
+    pub compare: Vec<(String, PathBuf)>,
 }
 
 pub struct Plan {
@@ -94,6 +97,7 @@ pub struct Plan {
     procfs_sizes: Vec<usize>,
     procfs_runs: usize,
     burst_clients: usize,
+    compare: Vec<(String, PathBuf)>,
 }
 
 impl Plan {
@@ -115,6 +119,7 @@ impl Plan {
                 procfs_sizes: vec![10_000],
                 procfs_runs: 10,
                 burst_clients: 1_000,
+                compare: options.compare.clone(),
             }
         } else {
             Plan {
@@ -133,6 +138,7 @@ impl Plan {
                 procfs_sizes: vec![10_000, 100_000],
                 procfs_runs: 30,
                 burst_clients: 1_000,
+                compare: options.compare.clone(),
             }
         }
     }
@@ -379,6 +385,9 @@ fn command_line(options: &Options) -> String {
     }
     if let Some(minutes) = options.soak_minutes {
         command.push_str(&format!(" --soak-minutes {minutes}"));
+    }
+    for (name, path) in &options.compare {
+        command.push_str(&format!(" --compare {name}={}", path.display()));
     }
     command
 }

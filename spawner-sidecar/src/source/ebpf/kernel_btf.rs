@@ -486,6 +486,16 @@ pub fn tracker_offsets(btf: &Btf) -> Result<TrackerConfig, BtfError> {
             ),
         });
     }
+    // An atomic64_t: the program loads it whole, as one u64.
+    let cookie = btf.field("sock", "__sk_common.skc_cookie")?;
+    if cookie.size != 8 {
+        return Err(BtfError::Malformed {
+            reason: format!(
+                "sock.__sk_common.skc_cookie is {} bytes, expected 8",
+                cookie.size
+            ),
+        });
+    }
     Ok(TrackerConfig {
         off_num: btf.field("sock", "__sk_common.skc_num")?.offset,
         off_sport: btf.field("inet_sock", "inet_sport")?.offset,
@@ -495,6 +505,7 @@ pub fn tracker_offsets(btf: &Btf) -> Result<TrackerConfig, BtfError> {
         off_net_inum: btf.field("net", "ns.inum")?.offset,
         off_daddr: btf.field("sock", "__sk_common.skc_daddr")?.offset,
         off_v6_daddr: btf.field("sock", "__sk_common.skc_v6_daddr")?.offset,
+        off_cookie: cookie.offset,
         sk_protocol_size: protocol.size,
         ..TrackerConfig::default()
     })
@@ -652,6 +663,7 @@ mod tests {
                 ("skc_family", u16_t, 128, 0),
                 ("", net_union, 48 * 8, 0),
                 ("skc_v6_daddr", in6_addr, 56 * 8, 0),
+                ("skc_cookie", u64_t, 88 * 8, 0),
             ],
         );
         let const_sc = b.push("", KIND_CONST, false, 0, sock_common);
@@ -690,6 +702,7 @@ mod tests {
         assert_eq!(cfg.off_sk_net, 48);
         assert_eq!(cfg.off_net_inum, 64 + 24);
         assert_eq!((cfg.off_sk_protocol, cfg.sk_protocol_size), (516, 2));
+        assert_eq!(cfg.off_cookie, 88);
         assert_eq!(
             btf.field("sock", "__sk_common.skc_num").expect("num"),
             Field {

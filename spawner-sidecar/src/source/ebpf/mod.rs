@@ -12,6 +12,7 @@ mod batch;
 mod bpf_commands;
 mod connection_ages;
 pub mod kernel_btf;
+mod kernel_log;
 mod listener_watch;
 mod load;
 mod rounds;
@@ -34,6 +35,7 @@ use tracing::{info, warn};
 
 use self::{
     connection_ages::SocketMap,
+    kernel_log::KernelLog,
     load::{LoadOptions, Loaded},
     rounds::LastSnapshot,
     slots::Slots,
@@ -64,6 +66,9 @@ struct Inner {
     young_closed: aya::maps::HashMap<MapData, u64, u64>,
     stats: PerCpuArray<MapData, u64>,
     listeners: RingBuf<MapData>,
+    /// The program's aya-log lines, drained every refresh (`None` where
+    /// the ring could not be opened).
+    kernel_log: Option<KernelLog>,
     follow: Follow,
     slots: Slots,
     corrections: BTreeMap<u16, Correction>,
@@ -116,9 +121,21 @@ impl EbpfSource {
                 .insert(&aya::maps::lpm_trie::Key::new(prefix, data), 1, 0)
                 .map_err(map_error("IGNORED_PEERS"))?;
         }
+        let mut kernel_log = match KernelLog::open(loaded.program.fd()) {
+            Ok(log) => Some(log),
+            Err(e) => {
+                warn!("the kernel program's log lines will not be shown: {e}");
+                None
+            }
+        };
         loaded.attach()?;
         let netns = loaded.config.netns_inum;
-        selftest::run(&mut loaded.slots, &loaded.selftest, netns)?;
+        let tested = selftest::run(&mut loaded.slots, &loaded.selftest, netns);
+        // What the program read on the self-test port, whatever the verdict.
+        if let Some(log) = &mut kernel_log {
+            log.drain();
+        }
+        tested?;
         // The self-test's own listeners were reported too: drop every report
         // so far. A real listener made meanwhile is in the seeding snapshot.
         while loaded.listeners.next().is_some() {}
@@ -144,6 +161,7 @@ impl EbpfSource {
                 young_closed,
                 stats,
                 listeners,
+                kernel_log,
                 follow: options.follow(),
                 slots: Slots::new(),
                 corrections: BTreeMap::new(),
@@ -321,6 +339,9 @@ impl ConnectionSource for EbpfSource {
         let _one_at_a_time = lock(&self.refreshing);
         let (ports, before) = {
             let mut inner = lock(&self.inner);
+            if let Some(log) = &mut inner.kernel_log {
+                log.drain();
+            }
             self.drain_listeners(&mut inner)?;
             let before = self.event_counts(&inner)?;
             let needed = rounds::snapshot_needed(

@@ -1,6 +1,7 @@
 //! Proves the BTF offsets right on this kernel before any count is trusted:
 //! a TCP connection to a port of our own must be seen with our namespace,
 //! family, protocol, port (both ways the program reads it), socket cookie
+//! (from the helper, and loaded from the socket as the close path does it)
 //! and peer address. Done for IPv4, and for IPv6 where `::1` works.
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
@@ -117,6 +118,7 @@ fn check(
         sport: port,
         _reserved: record._reserved,
         daddr: expected_daddr,
+        loaded_cookie: cookie,
     };
     if record != expected {
         return Err(SourceError::Unavailable {
