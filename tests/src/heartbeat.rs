@@ -141,7 +141,13 @@ impl HttpServer {
         );
         std::thread::spawn(move || {
             for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { break };
+                // A failed accept (a client gone before it, no descriptor
+                // left) must not close the listener: the next client would
+                // be refused and fail at once instead of at its timeout.
+                let Ok(mut stream) = stream else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
                 connections.fetch_add(1, Ordering::SeqCst);
                 let (status, requests) = (status.clone(), requests.clone());
                 std::thread::spawn(move || {

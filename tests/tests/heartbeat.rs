@@ -271,7 +271,11 @@ fn http_server_that_never_answers_or_trickles_fails_at_the_timeout() {
         assert_eq!(status.code(), Some(1), "{}", hb.log());
         let since_spawn = hb.exited() - hb.started();
         let since_start = hb.exit_after_line(" checking ");
-        assert!(since_spawn >= Duration::from_millis(700), "{since_spawn:?}");
+        assert!(
+            since_spawn >= Duration::from_millis(700),
+            "{since_spawn:?}\n{}",
+            hb.log()
+        );
         assert!(
             since_start < Duration::from_millis(1700),
             "{since_start:?}\n{}",
