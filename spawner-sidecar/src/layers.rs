@@ -25,6 +25,7 @@ const LAYERS: &[&str] = &[
     "hooks",
     "http",
     "heartbeat",
+    "proxy",
     "cli",
 ];
 

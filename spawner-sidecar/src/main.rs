@@ -6,7 +6,7 @@
 //! `source` (kernel -> readings); `activity` and `status` (readings ->
 //! idle time and the contract's JSON); `app` (a source with its activity);
 //! `metrics`; `drain`, `hooks` (actions on an app); `http` (routes);
-//! `heartbeat` (standalone); `config`, `cli` (parsing).
+//! `heartbeat`, `proxy` (standalone modes); `config`, `cli` (parsing).
 mod activity;
 mod app;
 mod capabilities;
@@ -24,6 +24,7 @@ mod layers;
 mod lock;
 mod malloc;
 mod metrics;
+mod proxy;
 mod runtime;
 mod serve;
 mod source;
@@ -42,7 +43,7 @@ use crate::{
 fn main() -> ExitCode {
     malloc::tune();
     capabilities::raise_permitted();
-    let cli = match cli::parse(std::env::args_os().collect()) {
+    let cli = match cli::parse(proxy::normalise(std::env::args_os().collect())) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
@@ -50,7 +51,7 @@ fn main() -> ExitCode {
     // a preStop hook's output unless asked for.
     let default_level = match cli.command {
         Some(Command::WaitIdle(_)) => "warn",
-        Some(Command::Heartbeat(_)) | None => "info",
+        Some(Command::Heartbeat(_) | Command::Proxy(_)) | None => "info",
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -63,6 +64,7 @@ fn main() -> ExitCode {
     let config = match cli.command {
         Some(Command::WaitIdle(args)) => return drain::wait_idle(args),
         Some(Command::Heartbeat(args)) => return heartbeat::main(args),
+        Some(Command::Proxy(args)) => return proxy::main(args),
         None => cli.daemon,
     };
     let runtime = match runtime::build(Threads::PerCore) {

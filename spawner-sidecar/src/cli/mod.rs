@@ -10,7 +10,7 @@ use std::{ffi::OsString, path::PathBuf};
 
 use clap::{CommandFactory as _, FromArgMatches as _};
 
-use crate::{config::Config, drain::WaitIdleArgs, heartbeat};
+use crate::{config::Config, drain::WaitIdleArgs, heartbeat, proxy};
 
 /// Without a subcommand, runs the connection tracker with [`Config`].
 #[derive(clap::Parser)]
@@ -35,6 +35,8 @@ pub enum Command {
     WaitIdle(WaitIdleArgs),
     /// Check that the things this pod depends on answer (TCP, HTTP, HTTPS)
     Heartbeat(heartbeat::Args),
+    /// Hold listeners for services started on the first connection, stopped when idle (ynetd)
+    Proxy(proxy::Args),
 }
 
 /// Parses `args` (program name first) with the file named by `--config` (or

@@ -1,0 +1,53 @@
+//! Readiness: the service is ready when every `host:port` target accepts a
+//! TCP connection. Dials are retried from 1 ms, doubling up to 50 ms apart,
+//! so a fast service is seen within about a millisecond of opening its
+//! port and a slow one costs at most twenty dials a second.
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+
+use super::address::Target;
+
+const FIRST_RETRY: Duration = Duration::from_millis(1);
+const MAX_RETRY: Duration = Duration::from_millis(50);
+
+/// The next pause after `pause`: doubled, at most [`MAX_RETRY`].
+pub fn next_pause(pause: Duration) -> Duration {
+    (pause * 2).min(MAX_RETRY)
+}
+
+/// Resolves once every target accepts a connection (probe connections are
+/// closed at once). Cancel by dropping: the caller races it with the
+/// child's exit. `exec:` targets cannot be probed and are skipped.
+pub async fn wait(targets: &[Target]) {
+    for target in targets {
+        let Target::Host { host, port } = target else {
+            continue;
+        };
+        let mut pause = FIRST_RETRY;
+        loop {
+            if TcpStream::connect((host.as_str(), *port)).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(pause).await;
+            pause = next_pause(pause);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pauses_double_from_one_millisecond_up_to_fifty() {
+        let mut pause = FIRST_RETRY;
+        let mut seen = vec![pause];
+        for _ in 0..8 {
+            pause = next_pause(pause);
+            seen.push(pause);
+        }
+        let ms: Vec<u128> = seen.iter().map(Duration::as_millis).collect();
+        assert_eq!(ms, [1, 2, 4, 8, 16, 32, 50, 50, 50]);
+    }
+}

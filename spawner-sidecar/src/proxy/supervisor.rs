@@ -1,0 +1,233 @@
+//! The one task per service that starts, watches and stops its process:
+//! stopped -> starting -> running -> stopping -> stopped, with crashes
+//! (an exit nobody asked for) backing off before the next start.
+//!
+//! Starts happen only here, so however many clients ask, one process runs.
+//! Decisions that need no clock or process (the backoff) are pure functions
+//! tested below; the rest is proven by the black-box tests.
+use std::{process::ExitStatus, sync::Arc, time::Duration};
+
+use tokio::{sync::watch, time::Instant};
+use tracing::{info, warn};
+
+use super::{
+    address::Target,
+    child::{self, Child},
+    ready,
+    service::{Phase, Service},
+};
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A start that stayed up this long clears the failure count: a crash
+/// after it is a new problem, not part of a loop.
+const STABLE_AFTER: Duration = Duration::from_secs(10);
+
+/// Pause before the next start after `failures` failed starts in a row.
+pub fn backoff(failures: u32) -> Duration {
+    if failures == 0 {
+        return Duration::ZERO;
+    }
+    let factor = 1u32.checked_shl(failures - 1).unwrap_or(u32::MAX);
+    FIRST_BACKOFF.saturating_mul(factor).min(MAX_BACKOFF)
+}
+
+fn describe(status: &std::io::Result<ExitStatus>) -> String {
+    match status {
+        Ok(s) => s.to_string(),
+        Err(e) => format!("cannot wait for it: {e}"),
+    }
+}
+
+/// How a running service ended.
+enum End {
+    Exited(std::io::Result<ExitStatus>),
+    Idle,
+    Shutdown,
+}
+
+pub async fn supervise(service: Arc<Service>, mut shutdown: watch::Receiver<bool>) {
+    if service.spec.command.is_empty() {
+        return;
+    }
+    let name = service.spec.name.as_str();
+    let targets: Vec<Target> = service
+        .spec
+        .routes
+        .iter()
+        .map(|r| r.target.clone())
+        .collect();
+    let mut failures = 0u32;
+    let mut start = 0u64;
+    let mut retry_at = Instant::now();
+    let mut reason = service.spec.auto_start.then_some("auto-start");
+    loop {
+        if reason.is_none() {
+            tokio::select! {
+                () = service.wake.notified() => {}
+                _ = shutdown.changed() => break,
+            }
+            if service.load.borrow().active == 0 {
+                continue;
+            }
+            reason = Some("connection");
+            service.begin_cold_start(Some(Instant::now()));
+        }
+        tokio::select! {
+            () = tokio::time::sleep_until(retry_at) => {}
+            _ = shutdown.changed() => break,
+        }
+        start += 1;
+        let started = Instant::now();
+        service.phase.send_replace(Phase::Starting { start });
+        match reason {
+            Some("auto-start") => service.metrics.starts_auto.inc(),
+            _ => service.metrics.starts_connection.inc(),
+        };
+        info!(service = name, reason = reason.unwrap_or(""), start, command = ?service.spec.command, "starting");
+        reason = None;
+        let mut process = match child::spawn(&service.spec.command) {
+            Ok(p) => p,
+            Err(e) => {
+                failures += 1;
+                retry_at = Instant::now() + backoff(failures);
+                warn!(service = name, start, failures, backoff = ?backoff(failures),
+                      "cannot start {:?}: {e}", service.spec.command);
+                service.phase.send_replace(Phase::Stopped {
+                    last: Some(start),
+                    failures,
+                });
+                continue;
+            }
+        };
+        let ready = tokio::select! {
+            () = async {
+                ready::wait(&targets).await;
+                tokio::time::sleep(service.spec.wait_after_start).await;
+            } => None,
+            status = process.wait() => Some(status),
+            _ = shutdown.changed() => {
+                stop(&service, &mut process, start).await;
+                break;
+            }
+        };
+        if let Some(status) = ready {
+            failures += 1;
+            retry_at = Instant::now() + backoff(failures);
+            warn!(service = name, start, failures, backoff = ?backoff(failures),
+                  "exited before it was ready: {}", describe(&status));
+            service.phase.send_replace(Phase::Stopped {
+                last: Some(start),
+                failures,
+            });
+            continue;
+        }
+        let took = started.elapsed();
+        info!(service = name, start, pid = ?process.pid(), ?took, "ready");
+        service.phase.send_replace(Phase::Running { start });
+        let ran_at = Instant::now();
+        let end = loop {
+            let end = tokio::select! {
+                status = process.wait() => End::Exited(status),
+                () = idle(&service, ran_at) => End::Idle,
+                _ = shutdown.changed() => End::Shutdown,
+            };
+            if let End::Idle = end {
+                // Stopping first, then the count: a client that entered
+                // before this sees the count; one after sees Stopping and
+                // waits for the next start instead of dialing a dying one.
+                service.phase.send_replace(Phase::Stopping { start });
+                if service.load.borrow().active > 0 {
+                    service.phase.send_replace(Phase::Running { start });
+                    continue;
+                }
+            }
+            break end;
+        };
+        match end {
+            End::Exited(status) => {
+                if ran_at.elapsed() >= STABLE_AFTER {
+                    failures = 0;
+                }
+                failures += 1;
+                retry_at = Instant::now() + backoff(failures);
+                warn!(service = name, start, failures, backoff = ?backoff(failures),
+                      "exited: {}", describe(&status));
+                service.phase.send_replace(Phase::Stopped {
+                    last: Some(start),
+                    failures,
+                });
+            }
+            End::Idle => {
+                info!(service = name, start, stop_after = ?service.spec.stop_after, "idle: stopping");
+                stop(&service, &mut process, start).await;
+                failures = 0;
+                service.phase.send_replace(Phase::Stopped {
+                    last: Some(start),
+                    failures,
+                });
+            }
+            End::Shutdown => {
+                stop(&service, &mut process, start).await;
+                break;
+            }
+        }
+    }
+    service.phase.send_replace(Phase::Closed);
+}
+
+async fn stop(service: &Service, process: &mut Child, start: u64) {
+    service.phase.send_replace(Phase::Stopping { start });
+    let status = process
+        .stop(service.spec.stop_signal, service.spec.stop_timeout)
+        .await;
+    let status = status.map_or_else(|| "unknown".to_string(), |s| s.to_string());
+    info!(service = service.spec.name, signal = %service.spec.stop_signal, "stopped: {status}");
+}
+
+/// Resolves once no connection has been open on any listener of the
+/// service for `stop_after` (counted from `ran_at` at the earliest); never
+/// without `stop_after`.
+async fn idle(service: &Service, ran_at: Instant) {
+    let Some(stop_after) = service.spec.stop_after else {
+        return std::future::pending().await;
+    };
+    let mut load = service.load.subscribe();
+    loop {
+        let since = load.borrow_and_update().idle_since;
+        let changed = match since {
+            None => load.changed().await,
+            Some(since) => {
+                tokio::select! {
+                    () = tokio::time::sleep_until(since.max(ran_at) + stop_after) => {
+                        if load.borrow().active == 0 {
+                            return;
+                        }
+                        Ok(())
+                    }
+                    changed = load.changed() => changed,
+                }
+            }
+        };
+        if changed.is_err() {
+            return std::future::pending().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_100ms_up_to_30s() {
+        let ms: Vec<u128> = (0..=12).map(|f| backoff(f).as_millis()).collect();
+        assert_eq!(
+            ms,
+            [
+                0, 100, 200, 400, 800, 1600, 3200, 6400, 12800, 25600, 30000, 30000, 30000
+            ]
+        );
+        assert_eq!(backoff(u32::MAX), MAX_BACKOFF);
+    }
+}

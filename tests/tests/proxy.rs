@@ -1,0 +1,1014 @@
+//! `spawner-sidecar proxy` as ynetd's users meet it: the real binary holding
+//! real listeners on loopback, starting `echo-backend` (a test program that
+//! echoes, reports how connections ended and logs its starts and signals)
+//! when clients come, and stopping it when they are gone.
+#![allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
+
+use std::{
+    io::{BufRead, BufReader, ErrorKind, Read, Write},
+    net::{Ipv4Addr, SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use integration_tests::{
+    Netns, binary, eventually, free_port, http_get, http_get_with, http_request, parse_metrics,
+    sample,
+};
+use serde_json::Value;
+
+const BACKEND: &str = env!("CARGO_BIN_EXE_echo-backend");
+
+/// A running proxy, stopped with SIGTERM when dropped.
+struct Proxy {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proxy {
+    /// Starts `spawner-sidecar proxy ARGS...` and waits until it has logged
+    /// `listeners` "proxying" lines (one per bound socket).
+    fn start(args: &[&str], listeners: usize) -> Proxy {
+        Self::start_with(Command::new(binary()), args, listeners)
+    }
+
+    fn start_with(mut command: Command, args: &[&str], listeners: usize) -> Proxy {
+        command
+            .arg("proxy")
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("spawn spawner-sidecar proxy");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let proxy = Proxy { child, log };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while proxy.count(" proxying ") < listeners {
+            if Instant::now() > deadline {
+                panic!("proxy did not start; log:\n{}", proxy.log());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        proxy
+    }
+
+    /// The status page's port, from the `serving` line (`--serve-port 0`).
+    fn serve_port(&self) -> u16 {
+        eventually(Duration::from_secs(5), || {
+            self.log
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|l| l.contains(" serving "))
+                .find_map(|l| {
+                    l.split_whitespace()
+                        .find_map(|w| w.strip_prefix("address="))
+                        .and_then(|a| a.parse::<SocketAddr>().ok())
+                        .map(|a| a.port())
+                })
+                .ok_or("no serving line".to_string())
+        })
+    }
+
+    /// The status page's entry for the only service.
+    fn service(&self) -> Value {
+        let (code, body) = http_get(self.serve_port(), "/");
+        assert_eq!(code, 200, "{body}");
+        body["services"][0].clone()
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    fn count(&self, needle: &str) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
+    /// Waits for the exit (after a signal sent by the test).
+    fn wait(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("proxy still running after {limit:?}; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.signal(libc::SIGTERM);
+            let _ = self.wait(Duration::from_secs(30));
+        }
+    }
+}
+
+/// A scratch directory for one test (backend logs, config files).
+fn scratch(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("proxy-test-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The backend's log: `start PID`, `eof`, `reset`, `signal N` lines.
+fn backend_log(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn starts(path: &Path) -> usize {
+    backend_log(path)
+        .iter()
+        .filter(|l| l.starts_with("start "))
+        .count()
+}
+
+/// Sends `message`, half-closes, and reads until EOF: the echo and the
+/// backend's `<eof>` marker, which it writes only after our FIN reached it.
+fn round_trip(port: u16, message: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    stream.write_all(message)?;
+    stream.shutdown(std::net::Shutdown::Write)?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer)?;
+    Ok(answer)
+}
+
+fn expect_echo(port: u16, message: &[u8]) {
+    let answer = round_trip(port, message).unwrap();
+    assert_eq!(answer, [message, b"<eof>"].concat());
+}
+
+fn run(args: &[&str]) -> (i32, String) {
+    let out = Command::new(binary())
+        .arg("proxy")
+        .args(args)
+        .output()
+        .expect("run binary");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn pair(listen: u16, target: u16) -> String {
+    format!("127.0.0.1:{listen} 127.0.0.1:{target}")
+}
+
+#[test]
+fn a_busy_listen_address_fails_with_one_line_and_exit_2_before_anything_starts() {
+    let dir = scratch("busy");
+    let log = dir.join("backend.log");
+    let busy = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let busy_port = busy.local_addr().unwrap().port();
+    let (free, target) = (free_port(), free_port());
+    let spec =
+        format!("127.0.0.1:{free} 127.0.0.1:{target} 127.0.0.1:{busy_port} 127.0.0.1:{target}");
+    let (code, stderr) = run(&[
+        "-proxy",
+        &spec,
+        "-auto-start",
+        BACKEND,
+        "--log",
+        log.to_str().unwrap(),
+        &target.to_string(),
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(&busy_port.to_string()) && stderr.contains("in use"),
+        "{stderr}"
+    );
+    assert_eq!(starts(&log), 0, "the service started despite the failure");
+}
+
+#[test]
+fn bad_flags_fail_with_one_line_naming_them_and_exit_2() {
+    for (args, needle) in [
+        (vec!["-proxy", ":1"], "pairs"),
+        (vec!["-proxy", "nope 127.0.0.1:1"], "`nope`"),
+        (
+            vec!["-proxy", ":1 127.0.0.1:2", "-stop-after", "soon"],
+            "soon",
+        ),
+        (
+            vec!["-proxy", ":1 127.0.0.1:2", "-stop-signal", "NOPE"],
+            "NOPE",
+        ),
+        (vec!["-proxy", ":1 exec:relative/path"], "full path"),
+        (vec!["sleep", "1"], "-proxy"),
+        (vec![], "nothing to proxy"),
+    ] {
+        let (code, stderr) = run(&args);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert!(lines[0].contains(needle), "{args:?}: {stderr}");
+        assert!(
+            lines.len() <= 3,
+            "{args:?}: more than a line and clap's usage: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_thousand_clients_during_a_one_second_cold_start_all_get_their_echo() {
+    let dir = scratch("thousand");
+    let log = dir.join("backend.log");
+    let (listen, target) = (free_port(), free_port());
+    let _proxy = Proxy::start(
+        &[
+            "-proxy",
+            &pair(listen, target),
+            "--",
+            BACKEND,
+            "--delay",
+            "1000",
+            "--log",
+            log.to_str().unwrap(),
+            &target.to_string(),
+        ],
+        1,
+    );
+    let clients: Vec<_> = (0..1000)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let message = format!("client {i} says hello");
+                round_trip(listen, message.as_bytes()).map(|answer| (message, answer))
+            })
+        })
+        .collect();
+    let (mut errors, mut refused, mut wrong) = (Vec::new(), 0, 0);
+    for client in clients {
+        match client.join().unwrap() {
+            Ok((message, answer)) if answer == [message.as_bytes(), b"<eof>"].concat() => {}
+            Ok(_) => wrong += 1,
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused => refused += 1,
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    assert_eq!(
+        (refused, wrong, errors.len()),
+        (0, 0, 0),
+        "errors: {errors:?}"
+    );
+    assert_eq!(
+        starts(&log),
+        1,
+        "one start for all clients: {:?}",
+        backend_log(&log)
+    );
+}
+
+#[test]
+fn half_close_goes_through_and_the_other_direction_stays_open() {
+    let dir = scratch("halfclose");
+    let log = dir.join("backend.log");
+    let (listen, target) = (free_port(), free_port());
+    let _proxy = Proxy::start(
+        &[
+            "-proxy",
+            &pair(listen, target),
+            BACKEND,
+            "--log",
+            log.to_str().unwrap(),
+            &target.to_string(),
+        ],
+        1,
+    );
+    // The backend writes `<eof>` only after our FIN reached it, and we
+    // read it after our own shutdown(SHUT_WR): both halves behaved.
+    expect_echo(listen, b"first half");
+    eventually(Duration::from_secs(5), || {
+        let lines = backend_log(&log);
+        lines
+            .contains(&"eof".to_string())
+            .then_some(())
+            .ok_or(format!("{lines:?}"))
+    });
+}
+
+#[test]
+fn a_reset_is_propagated_as_a_reset_both_ways() {
+    let dir = scratch("reset");
+    let log = dir.join("backend.log");
+    let (listen, target) = (free_port(), free_port());
+    let _proxy = Proxy::start(
+        &[
+            "-proxy",
+            &pair(listen, target),
+            BACKEND,
+            "--log",
+            log.to_str().unwrap(),
+            &target.to_string(),
+        ],
+        1,
+    );
+    // Client -> backend: the client closes with SO_LINGER 0.
+    let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, listen)).unwrap();
+    stream.write_all(b"ping").unwrap();
+    let mut buf = [0u8; 4];
+    stream.read_exact(&mut buf).unwrap();
+    // The readiness probe left an `eof` already: count from here.
+    let eofs = || backend_log(&log).iter().filter(|l| *l == "eof").count();
+    let eofs_before = eofs();
+    socket2::SockRef::from(&stream)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(stream);
+    eventually(Duration::from_secs(5), || {
+        let lines = backend_log(&log);
+        lines
+            .contains(&"reset".to_string())
+            .then_some(())
+            .ok_or(format!("{lines:?}"))
+    });
+    assert_eq!(
+        eofs(),
+        eofs_before,
+        "the reset arrived as a FIN: {:?}",
+        backend_log(&log)
+    );
+
+    // Backend -> client: the backend resets when told to.
+    let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, listen)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(b"RESET\n").unwrap();
+    let mut rest = Vec::new();
+    let error = stream
+        .read_to_end(&mut rest)
+        .expect_err("a reset, not an EOF");
+    assert_eq!(error.kind(), ErrorKind::ConnectionReset, "{error}");
+}
+
+#[test]
+fn a_plain_forwarder_without_a_command_forwards() {
+    let dir = scratch("forwarder");
+    let log = dir.join("backend.log");
+    let (listen, target) = (free_port(), free_port());
+    let mut backend = Command::new(BACKEND)
+        .args(["--log", log.to_str().unwrap(), &target.to_string()])
+        .spawn()
+        .unwrap();
+    let _proxy = Proxy::start(&["-proxy", &pair(listen, target)], 1);
+    eventually(Duration::from_secs(5), || {
+        round_trip(listen, b"x").map_err(|e| e.to_string())
+    });
+    expect_echo(listen, b"forwarded");
+    backend.kill().unwrap();
+    backend.wait().unwrap();
+}
+
+#[test]
+fn the_service_stops_after_stop_after_with_its_signal_and_restarts_on_the_next_client() {
+    let dir = scratch("idle");
+    let log = dir.join("backend.log");
+    let (a, b, target_a, target_b) = (free_port(), free_port(), free_port(), free_port());
+    let spec = format!("{} {}", pair(a, target_a), pair(b, target_b));
+    let proxy = Proxy::start(
+        &[
+            "-proxy",
+            &spec,
+            "-stop-after",
+            "1s",
+            "-stop-signal",
+            "INT",
+            BACKEND,
+            "--log",
+            log.to_str().unwrap(),
+            &target_a.to_string(),
+            &target_b.to_string(),
+        ],
+        2,
+    );
+    // A long connection on listener A keeps the service up while B is quiet.
+    let mut busy = TcpStream::connect((Ipv4Addr::LOCALHOST, a)).unwrap();
+    busy.write_all(b"hold").unwrap();
+    let mut buf = [0u8; 4];
+    busy.read_exact(&mut buf).unwrap();
+    expect_echo(b, b"quick one on B");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        proxy.count("idle: stopping"),
+        0,
+        "stopped while A was busy:\n{}",
+        proxy.log()
+    );
+    assert!(!backend_log(&log).iter().any(|l| l.starts_with("signal")));
+    drop(busy);
+    eventually(Duration::from_secs(10), || {
+        let lines = backend_log(&log);
+        lines
+            .contains(&"signal 2".to_string())
+            .then_some(())
+            .ok_or(format!("{lines:?}"))
+    });
+    assert_eq!(starts(&log), 1);
+    expect_echo(b, b"wakes it again");
+    assert_eq!(starts(&log), 2, "{:?}", backend_log(&log));
+}
+
+#[test]
+fn a_service_that_ignores_the_stop_signal_is_killed_after_the_stop_timeout() {
+    let dir = scratch("kill");
+    let log = dir.join("backend.log");
+    let (listen, target) = (free_port(), free_port());
+    let proxy = Proxy::start(
+        &[
+            "-proxy",
+            &pair(listen, target),
+            "-stop-after",
+            "200ms",
+            "--stop-timeout",
+            "1s",
+            BACKEND,
+            "--ignore-term",
+            "--log",
+            log.to_str().unwrap(),
+            &target.to_string(),
+        ],
+        1,
+    );
+    expect_echo(listen, b"start it");
+    let pid: i32 = eventually(Duration::from_secs(5), || {
+        backend_log(&log)
+            .iter()
+            .find_map(|l| l.strip_prefix("start ").and_then(|p| p.parse().ok()))
+            .ok_or("no start".to_string())
+    });
+    eventually(Duration::from_secs(10), || {
+        (proxy.count("SIGKILL") > 0 && proxy.count("stopped") > 0)
+            .then_some(())
+            .ok_or(proxy.log())
+    });
+    // SAFETY: signal 0 only checks whether the pid exists.
+    let alive = unsafe { libc::kill(pid, 0) } == 0;
+    assert!(!alive, "the backend survived");
+    assert!(proxy.log().contains("signal: 9"), "{}", proxy.log());
+}
+
+#[test]
+fn a_crash_mid_stream_closes_the_client_and_the_next_connection_restarts_it() {
+    let dir = scratch("crash");
+    let log = dir.join("backend.log");
+    let (listen, target) = (free_port(), free_port());
+    let proxy = Proxy::start(
+        &[
+            "-proxy",
+            &pair(listen, target),
+            BACKEND,
+            "--log",
+            log.to_str().unwrap(),
+            &target.to_string(),
+        ],
+        1,
+    );
+    let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, listen)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    stream.write_all(b"mid").unwrap();
+    let mut buf = [0u8; 3];
+    stream.read_exact(&mut buf).unwrap();
+    let pid: i32 = backend_log(&log)
+        .iter()
+        .find_map(|l| l.strip_prefix("start ").and_then(|p| p.parse().ok()))
+        .unwrap();
+    // SAFETY: SIGKILL to the backend this test started through the proxy.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let killed = Instant::now();
+    let mut rest = Vec::new();
+    let _ = stream.read_to_end(&mut rest);
+    // Closed by the crash itself, not by any timeout (the default is 5 min).
+    assert!(
+        killed.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        killed.elapsed()
+    );
+    eventually(Duration::from_secs(5), || {
+        (proxy.count("exited") > 0).then_some(()).ok_or(proxy.log())
+    });
+    expect_echo(listen, b"after the crash");
+    assert_eq!(starts(&log), 2);
+}
+
+#[test]
+fn a_start_that_fails_at_once_closes_its_clients_promptly_and_backs_off() {
+    let (listen, target) = (free_port(), free_port());
+    let proxy = Proxy::start(&["-proxy", &pair(listen, target), "/bin/false"], 1);
+    for _ in 0..3 {
+        let began = Instant::now();
+        let answer = round_trip(listen, b"anyone?");
+        // Closed because the start died, long before the 5 min timeout.
+        assert!(
+            began.elapsed() < Duration::from_secs(30),
+            "{:?}",
+            began.elapsed()
+        );
+        assert!(answer.map(|a| a.is_empty()).unwrap_or(true));
+    }
+    let log = proxy.log();
+    assert!(
+        log.contains("backoff=100ms") && log.contains("backoff=200ms"),
+        "{log}"
+    );
+    assert_eq!(proxy.count("exited before it was ready"), 3, "{log}");
+}
+
+#[test]
+fn a_client_held_longer_than_the_timeout_is_closed() {
+    let (listen, target) = (free_port(), free_port());
+    // `sleep` never opens the target port.
+    let proxy = Proxy::start(
+        &[
+            "-proxy",
+            &pair(listen, target),
+            "-timeout",
+            "300ms",
+            "sleep",
+            "60",
+        ],
+        1,
+    );
+    // A client that sends nothing (one that sent data would get a reset:
+    // the kernel's answer to closing a socket with unread bytes).
+    let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, listen)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).unwrap();
+    assert!(answer.is_empty());
+    assert_eq!(
+        proxy.count("held longer than the timeout"),
+        1,
+        "{}",
+        proxy.log()
+    );
+}
+
+#[test]
+fn sigterm_lets_established_connections_finish_then_stops_the_service_and_exits_0() {
+    let dir = scratch("sigterm");
+    let log = dir.join("backend.log");
+    let (listen, target) = (free_port(), free_port());
+    let mut proxy = Proxy::start(
+        &[
+            "-proxy",
+            &pair(listen, target),
+            BACKEND,
+            "--log",
+            log.to_str().unwrap(),
+            &target.to_string(),
+        ],
+        1,
+    );
+    let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, listen)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    stream.write_all(b"before").unwrap();
+    let mut buf = [0u8; 6];
+    stream.read_exact(&mut buf).unwrap();
+    proxy.signal(libc::SIGTERM);
+    eventually(Duration::from_secs(5), || {
+        match TcpStream::connect((Ipv4Addr::LOCALHOST, listen)) {
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused => Ok(()),
+            other => Err(format!("still accepting: {other:?}")),
+        }
+    });
+    // The established connection still works.
+    stream.write_all(b"during").unwrap();
+    stream.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"during");
+    assert!(!backend_log(&log).iter().any(|l| l.starts_with("signal")));
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).unwrap();
+    assert_eq!(rest, b"<eof>");
+    let status = proxy.wait(Duration::from_secs(20));
+    assert!(status.success(), "{status:?}\n{}", proxy.log());
+    assert!(
+        backend_log(&log).contains(&"signal 15".to_string()),
+        "{:?}",
+        backend_log(&log)
+    );
+}
+
+#[test]
+fn sigterm_closes_connections_still_open_at_the_shutdown_deadline() {
+    let dir = scratch("deadline");
+    let log = dir.join("backend.log");
+    let (listen, target) = (free_port(), free_port());
+    let mut proxy = Proxy::start(
+        &[
+            "-proxy",
+            &pair(listen, target),
+            "--shutdown-timeout",
+            "500ms",
+            BACKEND,
+            "--log",
+            log.to_str().unwrap(),
+            &target.to_string(),
+        ],
+        1,
+    );
+    let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, listen)).unwrap();
+    stream.write_all(b"x").unwrap();
+    stream.read_exact(&mut [0u8; 1]).unwrap();
+    proxy.signal(libc::SIGTERM);
+    let status = proxy.wait(Duration::from_secs(20));
+    assert!(status.success(), "{status:?}");
+    assert!(
+        proxy.log().contains("still open at the deadline"),
+        "{}",
+        proxy.log()
+    );
+}
+
+#[test]
+fn the_command_comes_after_flags_or_after_a_double_dash_and_keeps_its_own_flags() {
+    let dir = scratch("argv");
+    let log = dir.join("backend.log");
+    let (listen, target) = (free_port(), free_port());
+    // `--log` belongs to the backend, `-timeout` to the proxy.
+    let _proxy = Proxy::start(
+        &[
+            "-timeout=30s",
+            "-proxy",
+            &pair(listen, target),
+            "-auto-start",
+            "--",
+            BACKEND,
+            "--log",
+            log.to_str().unwrap(),
+            &target.to_string(),
+        ],
+        1,
+    );
+    eventually(Duration::from_secs(10), || {
+        (starts(&log) == 1)
+            .then_some(())
+            .ok_or("not started".to_string())
+    });
+    expect_echo(listen, b"auto");
+    assert_eq!(starts(&log), 1);
+}
+
+#[test]
+fn reads_the_example_config_from_ynetds_readme_unchanged() {
+    // Verbatim from ynetd's README; ports 5000 and 6543 are taken in a
+    // namespace of our own, and `run some service` is not a program here,
+    // so the auto-start fails and says so.
+    let dir = scratch("yaml");
+    let file = dir.join("ynetd.conf");
+    std::fs::write(
+        &file,
+        "---\nservices:\n  -\n    auto_start: true\n    proxy:\n      \":5000\": \"localhost:5001\"\n      \"localhost:6543\": \"localhost:7654\"\n    command:\n      - run\n      - some\n      - service\n    stop_after: 10m\n    stop_signal: INT\n    timeout: 10s\n    wait_after_start: 2s\n",
+    )
+    .unwrap();
+    let netns = Netns::new("proxy-yaml");
+    let mut command = Command::new("ip");
+    command.args(["netns", "exec", &netns.name]).arg(binary());
+    let proxy = Proxy::start_with(command, &["-config", file.to_str().unwrap()], 2);
+    let log = proxy.log();
+    assert!(
+        log.contains("listen=\"[::]:5000\"") && log.contains("target=localhost:5001"),
+        "{log}"
+    );
+    assert!(
+        log.contains("listen=\"127.0.0.1:6543\"") && log.contains("target=localhost:7654"),
+        "{log}"
+    );
+    eventually(Duration::from_secs(5), || {
+        (proxy.count("cannot start [\"run\", \"some\", \"service\"]") > 0)
+            .then_some(())
+            .ok_or(proxy.log())
+    });
+    let listening = Command::new("ip")
+        .args(["netns", "exec", &netns.name, "ss", "-Htln"])
+        .output()
+        .unwrap();
+    let listening = String::from_utf8_lossy(&listening.stdout);
+    assert!(
+        listening.contains(":5000") && listening.contains("127.0.0.1:6543"),
+        "{listening}"
+    );
+    drop(proxy);
+}
+
+#[test]
+fn bad_config_files_fail_with_one_line_naming_the_key_and_exit_2() {
+    let dir = scratch("badyaml");
+    for (i, (text, needle)) in [
+        (
+            "services:\n  - proxy: {':1': '127.0.0.1:2'}\n    stop_afer: 1s\n",
+            "stop_afer",
+        ),
+        (
+            "services:\n  - proxy: {':1': '127.0.0.1:2'}\n    auto_start: [x]\n",
+            "auto_start",
+        ),
+        (
+            "services:\n  - proxy: {':1': '127.0.0.1:2'}\n    timeout: soon\n",
+            "timeout",
+        ),
+        ("services:\n  - proxy: {'host': '127.0.0.1:2'}\n", "`host`"),
+        (
+            "services:\n  - proxy: {':1': '127.0.0.1:2'}\n    stop_signal: NOPE\n",
+            "stop_signal",
+        ),
+        ("services: [\n", "config file"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let file = dir.join(format!("bad{i}.yaml"));
+        std::fs::write(&file, text).unwrap();
+        let (code, stderr) = run(&["-config", file.to_str().unwrap()]);
+        assert_eq!(code, 2, "{text}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{text}: {stderr}");
+        assert!(stderr.contains(needle), "{text}: {stderr}");
+    }
+    let (code, stderr) = run(&["-config", "/nonexistent/ynetd.yaml"]);
+    assert_eq!(code, 2, "{stderr}");
+}
+
+#[test]
+fn an_exec_target_chooses_the_backend_per_connection_and_a_failing_one_drops_it() {
+    let dir = scratch("exec");
+    let log = dir.join("backend.log");
+    let (listen, target) = (free_port(), free_port());
+    let script = dir.join("where");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"$1 $2\" >> {}/args\necho 127.0.0.1:{target}\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let failing = dir.join("fail");
+    std::fs::write(&failing, "#!/bin/sh\necho no backend for you >&2\nexit 3\n").unwrap();
+    for f in [&script, &failing] {
+        Command::new("chmod").arg("+x").arg(f).status().unwrap();
+    }
+    let failing_port = free_port();
+    let spec = format!(
+        "127.0.0.1:{listen} exec:{} 127.0.0.1:{failing_port} exec:{}",
+        script.display(),
+        failing.display()
+    );
+    let proxy = Proxy::start(
+        &[
+            "-proxy",
+            &spec,
+            BACKEND,
+            "--log",
+            log.to_str().unwrap(),
+            &target.to_string(),
+        ],
+        2,
+    );
+    expect_echo(listen, b"via exec");
+    let args = std::fs::read_to_string(dir.join("args")).unwrap();
+    assert!(
+        args.starts_with(&format!("127.0.0.1:{listen} 127.0.0.1:")),
+        "{args}"
+    );
+    let answer = round_trip(failing_port, b"dropped").unwrap_or_default();
+    assert!(answer.is_empty());
+    eventually(Duration::from_secs(5), || {
+        let log = proxy.log();
+        (log.contains("exit status: 3") && log.contains("no backend for you"))
+            .then_some(())
+            .ok_or(log)
+    });
+}
+
+#[test]
+fn an_interface_address_listens_on_the_interfaces_addresses() {
+    let dir = scratch("iface");
+    let log = dir.join("backend.log");
+    let (listen, target) = (free_port(), free_port());
+    let spec = format!("interface:lo:{listen} 127.0.0.1:{target}");
+    // lo has 127.0.0.1 and ::1: one listener each.
+    let proxy = Proxy::start(
+        &[
+            "-proxy",
+            &spec,
+            BACKEND,
+            "--log",
+            log.to_str().unwrap(),
+            &target.to_string(),
+        ],
+        2,
+    );
+    expect_echo(listen, b"on lo");
+    let mut v6 =
+        TcpStream::connect(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, listen))).unwrap();
+    v6.write_all(b"v6").unwrap();
+    let mut buf = [0u8; 2];
+    v6.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"v6");
+    drop(proxy);
+}
+
+const SERVE: [&str; 4] = ["--serve-port", "0", "--serve-address", "127.0.0.1"];
+
+/// Waits until the only service's state is `state`; returns its entry.
+fn expect_state(proxy: &Proxy, state: &str) -> Value {
+    eventually(Duration::from_secs(10), || {
+        let service = proxy.service();
+        (service["state"] == state)
+            .then(|| service.clone())
+            .ok_or(format!("want {state}: {service}"))
+    })
+}
+
+#[test]
+fn the_status_page_follows_a_service_through_its_states_and_counts() {
+    let dir = scratch("status");
+    let log = dir.join("backend.log");
+    let (listen, target) = (free_port(), free_port());
+    let mut args = SERVE.to_vec();
+    let pair = pair(listen, target);
+    args.extend([
+        "-proxy",
+        &pair,
+        "-stop-after",
+        "1s",
+        BACKEND,
+        "--delay",
+        "500",
+        "--log",
+        log.to_str().unwrap(),
+    ]);
+    let target_text = target.to_string();
+    args.push(&target_text);
+    let proxy = Proxy::start(&args, 1);
+    let service = expect_state(&proxy, "stopped");
+    assert_eq!(service["starts"], 0);
+    assert_eq!(service["last_cold_start_seconds"], Value::Null);
+    assert_eq!(
+        service["routes"][0]["target"],
+        format!("127.0.0.1:{target}")
+    );
+
+    let mut held = TcpStream::connect((Ipv4Addr::LOCALHOST, listen)).unwrap();
+    held.write_all(b"held").unwrap();
+    let service = expect_state(&proxy, "starting");
+    assert_eq!(service["connections_held"], 1, "{service}");
+    let mut buf = [0u8; 4];
+    held.read_exact(&mut buf).unwrap();
+    let service = expect_state(&proxy, "running");
+    assert_eq!(service["connections_held"], 0, "{service}");
+    assert_eq!(service["connections_forwarding"], 1, "{service}");
+    assert_eq!(service["starts"], 1, "{service}");
+    let cold = service["last_cold_start_seconds"].as_f64().unwrap();
+    // The backend sleeps 500 ms before it listens.
+    assert!(cold >= 0.5, "{service}");
+    held.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    held.read_to_end(&mut rest).unwrap();
+    drop(held);
+    let service = expect_state(&proxy, "stopped");
+    assert_eq!(service["connections_forwarded"], 1, "{service}");
+    assert_eq!(service["connections_accepted"], 1, "{service}");
+
+    let (code, _, text) = http_get_with(proxy.serve_port(), "/metrics", &[]);
+    assert_eq!(code, 200);
+    let samples = parse_metrics(&text, false);
+    let svc = ("service", format!("port-{listen}"));
+    let svc = (svc.0, svc.1.as_str());
+    let get = |name: &str, labels: &[(&str, &str)]| {
+        let mut all = vec![svc];
+        all.extend_from_slice(labels);
+        sample(&samples, name, &all).unwrap_or_else(|| panic!("{name} {labels:?} missing:\n{text}"))
+    };
+    assert_eq!(
+        get("spawner_sidecar_proxy_cold_start_seconds_count", &[]),
+        1.0
+    );
+    assert!(get("spawner_sidecar_proxy_cold_start_seconds_sum", &[]) >= 0.5);
+    assert_eq!(
+        get(
+            "spawner_sidecar_proxy_starts_total",
+            &[("reason", "connection")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        get(
+            "spawner_sidecar_proxy_starts_total",
+            &[("reason", "auto-start")]
+        ),
+        0.0
+    );
+    assert_eq!(
+        get(
+            "spawner_sidecar_proxy_connections_total",
+            &[("outcome", "forwarded")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        get(
+            "spawner_sidecar_proxy_connections_total",
+            &[("outcome", "timed_out")]
+        ),
+        0.0
+    );
+    assert_eq!(
+        get(
+            "spawner_sidecar_proxy_bytes_total",
+            &[("direction", "to_backend")]
+        ),
+        4.0
+    );
+    // The echo and the backend's `<eof>` marker.
+    assert_eq!(
+        get(
+            "spawner_sidecar_proxy_bytes_total",
+            &[("direction", "to_client")]
+        ),
+        9.0
+    );
+    assert_eq!(get("spawner_sidecar_proxy_connections_held", &[]), 0.0);
+    assert_eq!(
+        get(
+            "spawner_sidecar_proxy_service_state",
+            &[("state", "stopped")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        get(
+            "spawner_sidecar_proxy_service_state",
+            &[("state", "running")]
+        ),
+        0.0
+    );
+    // The OpenMetrics form parses too.
+    let (_, content_type, text) = http_get_with(
+        proxy.serve_port(),
+        "/metrics",
+        &[("Accept", "application/openmetrics-text; version=1.0.0")],
+    );
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
+    parse_metrics(&text, true);
+    assert_eq!(http_request(proxy.serve_port(), "GET", "/nope").0, 404);
+    assert_eq!(http_request(proxy.serve_port(), "POST", "/").0, 405);
+}
+
+#[test]
+fn repeated_failed_starts_show_as_a_crash_loop_and_timeouts_are_counted() {
+    let (listen, target) = (free_port(), free_port());
+    let pair = pair(listen, target);
+    let mut args = SERVE.to_vec();
+    args.extend(["-proxy", &pair, "/bin/false"]);
+    let proxy = Proxy::start(&args, 1);
+    for _ in 0..2 {
+        let _ = round_trip(listen, b"");
+    }
+    let service = expect_state(&proxy, "crashloop");
+    assert_eq!(service["failures_in_a_row"], 2, "{service}");
+    assert_eq!(service["connections_start_failed"], 2, "{service}");
+    assert_eq!(service["starts"], 2, "{service}");
+}
