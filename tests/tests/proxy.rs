@@ -572,12 +572,11 @@ fn a_client_held_longer_than_the_timeout_is_closed() {
     let mut answer = Vec::new();
     stream.read_to_end(&mut answer).unwrap();
     assert!(answer.is_empty());
-    assert_eq!(
-        proxy.count("held longer than the timeout"),
-        1,
-        "{}",
-        proxy.log()
-    );
+    eventually(Duration::from_secs(5), || {
+        (proxy.count("held longer than the timeout") == 1)
+            .then_some(())
+            .ok_or(proxy.log())
+    });
 }
 
 #[test]

@@ -1,17 +1,17 @@
 //! Accepting on one listener and serving each client: hold it until the
 //! service is ready (or `timeout`), find the target, dial it, forward.
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{io::ErrorKind, net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::{
     net::{TcpListener, TcpStream},
     sync::watch,
-    time::Instant,
 };
 use tracing::{debug, info, warn};
 
 use super::{
     address::{Target, join},
     forward::{self, forward},
+    ready,
     service::{NotReady, Raised, Service},
 };
 
@@ -69,48 +69,44 @@ pub async fn accept_loop(
     }
 }
 
+/// Why a client was closed without being forwarded.
+enum Dropped {
+    NotReady(NotReady),
+    /// The `exec:` program failed.
+    Resolve(String),
+    Dial(String, std::io::Error),
+}
+
 async fn serve(service: &Arc<Service>, target: &Target, client: TcpStream, peer: SocketAddr) {
     let metrics = &service.metrics;
     let name = service.spec.name.as_str();
     let _entry = service.enter();
-    let held_at = Instant::now();
     let held = Raised::new(&metrics.held);
     metrics.accepted.inc();
-    match tokio::time::timeout(service.spec.timeout, service.wait_ready()).await {
-        Ok(Ok(())) => {}
-        Ok(Err(NotReady::StartFailed)) => {
+    let reached = tokio::time::timeout(service.spec.timeout, reach(service, target, &client, peer));
+    let backend = match reached.await {
+        Ok(Ok(backend)) => backend,
+        Ok(Err(Dropped::NotReady(NotReady::StartFailed))) => {
             metrics.start_failed.inc();
             debug!(service = name, %peer, "closed: the start it waited for failed");
             return;
         }
-        Ok(Err(NotReady::Closed)) => return,
-        Err(_) => {
-            metrics.timed_out.inc();
-            info!(service = name, %peer, timeout = ?service.spec.timeout, "closed: held longer than the timeout");
-            return;
-        }
-    }
-    let remaining = service.spec.timeout.saturating_sub(held_at.elapsed());
-    let address = match resolve(target, &client, peer, remaining).await {
-        Ok(a) => a,
-        Err(e) => {
+        Ok(Err(Dropped::NotReady(NotReady::Closed))) => return,
+        Ok(Err(Dropped::Resolve(e))) => {
             metrics.dial_failed.inc();
             warn!(service = name, %peer, "dropped: {e}");
             return;
         }
-    };
-    let backend = match tokio::time::timeout(remaining, TcpStream::connect(address.as_str())).await
-    {
-        Ok(Ok(b)) => b,
-        outcome => {
+        Ok(Err(Dropped::Dial(address, e))) => {
             metrics.dial_failed.inc();
-            let why = match outcome {
-                Ok(Err(e)) => e.to_string(),
-                _ => "timed out".into(),
-            };
-            warn!(service = name, %peer, target = address, "cannot connect: {why}");
+            warn!(service = name, %peer, target = address, "cannot connect: {e}");
             // As if the client had dialed the dead backend itself.
             forward::reset(&client);
+            return;
+        }
+        Err(_) => {
+            metrics.timed_out.inc();
+            info!(service = name, %peer, timeout = ?service.spec.timeout, "closed: held longer than the timeout");
             return;
         }
     };
@@ -128,14 +124,43 @@ async fn serve(service: &Arc<Service>, target: &Target, client: TcpStream, peer:
     }
 }
 
-/// The `host:port` to dial: the target's own, or what its `exec:` program
-/// prints when run with the local and remote addresses.
-async fn resolve(
+/// Holds until the service is ready, then connects to the target. A
+/// service with a command may still be opening this port (readiness cannot
+/// probe an `exec:` target, and a service may open its ports one by one),
+/// so a refused dial is retried with readiness's backoff while the same
+/// start runs; if that start dies meanwhile, the client waits for the
+/// next. A plain forwarder's backend is not ours to wait for: one attempt.
+async fn reach(
+    service: &Service,
     target: &Target,
     client: &TcpStream,
     peer: SocketAddr,
-    limit: Duration,
-) -> Result<String, String> {
+) -> Result<TcpStream, Dropped> {
+    loop {
+        let start = service.wait_ready().await.map_err(Dropped::NotReady)?;
+        let address = resolve(target, client, peer)
+            .await
+            .map_err(Dropped::Resolve)?;
+        let mut pause = ready::FIRST_RETRY;
+        loop {
+            match TcpStream::connect(address.as_str()).await {
+                Ok(backend) => return Ok(backend),
+                Err(e) if start.is_some() && e.kind() == ErrorKind::ConnectionRefused => {
+                    if !start.is_some_and(|s| service.is_running(s)) {
+                        break;
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = ready::next_pause(pause);
+                }
+                Err(e) => return Err(Dropped::Dial(address, e)),
+            }
+        }
+    }
+}
+
+/// The `host:port` to dial: the target's own, or what its `exec:` program
+/// prints when run with the local and remote addresses.
+async fn resolve(target: &Target, client: &TcpStream, peer: SocketAddr) -> Result<String, String> {
     let program = match target {
         Target::Host { host, port } => return Ok(join(host, *port)),
         Target::Exec { program } => program,
@@ -149,9 +174,9 @@ async fn resolve(
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true)
         .output();
-    let output = tokio::time::timeout(limit, run)
+    // The caller's timeout bounds it; dropped, the program is killed.
+    let output = run
         .await
-        .map_err(|_| format!("{} did not finish within the timeout", program.display()))?
         .map_err(|e| format!("cannot run {}: {e}", program.display()))?;
     let stderr = String::from_utf8_lossy(&output.stderr);
     let printed = String::from_utf8_lossy(&output.stdout).trim().to_string();

@@ -8,7 +8,7 @@ use tokio::net::TcpStream;
 
 use super::address::Target;
 
-const FIRST_RETRY: Duration = Duration::from_millis(1);
+pub const FIRST_RETRY: Duration = Duration::from_millis(1);
 const MAX_RETRY: Duration = Duration::from_millis(50);
 
 /// The next pause after `pause`: doubled, at most [`MAX_RETRY`].

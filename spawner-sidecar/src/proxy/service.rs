@@ -130,13 +130,14 @@ impl Service {
     }
 
     /// Holds until the service is ready to forward, asking for a start
-    /// when it is stopped. Call with an [`Entry`] held.
+    /// when it is stopped; the running start's number (`None` for a plain
+    /// forwarder). Call with an [`Entry`] held.
     ///
     /// A start that ends (fails or dies) after the client arrived fails it:
     /// it must be closed at once, not held through the backoff. Start
     /// numbers tell, since the phase is read only at wake-ups and a start
     /// that fails at once may come and go between two of them.
-    pub async fn wait_ready(&self) -> Result<(), NotReady> {
+    pub async fn wait_ready(&self) -> Result<Option<u64>, NotReady> {
         let mut phase = self.phase.subscribe();
         let baseline = match *phase.borrow() {
             Phase::Stopped { last, .. } => last.unwrap_or(0),
@@ -147,7 +148,8 @@ impl Service {
         loop {
             let now = *phase.borrow_and_update();
             match now {
-                Phase::Forwarder | Phase::Running { .. } => return Ok(()),
+                Phase::Forwarder => return Ok(None),
+                Phase::Running { start } => return Ok(Some(start)),
                 Phase::Closed => return Err(NotReady::Closed),
                 Phase::Stopped {
                     last: Some(last), ..
@@ -161,6 +163,11 @@ impl Service {
                 return Err(NotReady::Closed);
             }
         }
+    }
+
+    /// Whether start number `start` is still the running one.
+    pub fn is_running(&self, start: u64) -> bool {
+        *self.phase.borrow() == Phase::Running { start }
     }
 
     /// A start asked for by a client at `requested`: a cold start to time.
