@@ -1011,3 +1011,192 @@ fn repeated_failed_starts_show_as_a_crash_loop_and_timeouts_are_counted() {
     assert_eq!(service["connections_start_failed"], 2, "{service}");
     assert_eq!(service["starts"], 2, "{service}");
 }
+
+#[test]
+fn a_denied_client_is_closed_at_once_and_wakes_nothing() {
+    let dir = scratch("deny");
+    let log = dir.join("backend.log");
+    let (listen, target) = (free_port(), free_port());
+    let pair = pair(listen, target);
+    let mut args = SERVE.to_vec();
+    let target_text = target.to_string();
+    args.extend([
+        "-proxy",
+        &pair,
+        "--deny",
+        "127.0.0.2",
+        BACKEND,
+        "--log",
+        log.to_str().unwrap(),
+        &target_text,
+    ]);
+    let proxy = Proxy::start(&args, 1);
+    let mut denied = integration_tests::connect_from(
+        "127.0.0.2".parse().unwrap(),
+        SocketAddr::from((Ipv4Addr::LOCALHOST, listen)),
+    );
+    denied
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = denied.read_to_end(&mut rest);
+    assert!(rest.is_empty());
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(starts(&log), 0, "a denied client woke the service");
+    let service = proxy.service();
+    assert_eq!(service["connections_denied"], 1, "{service}");
+    assert_eq!(service["state"], "stopped", "{service}");
+    expect_echo(listen, b"allowed");
+    assert_eq!(starts(&log), 1);
+}
+
+#[test]
+fn with_wake_on_data_a_probe_that_sends_nothing_wakes_nothing() {
+    let dir = scratch("wake-on-data");
+    let log = dir.join("backend.log");
+    let (listen, target) = (free_port(), free_port());
+    let pair = pair(listen, target);
+    let mut args = SERVE.to_vec();
+    let target_text = target.to_string();
+    args.extend([
+        "-proxy",
+        &pair,
+        "--wake-on-data",
+        BACKEND,
+        "--log",
+        log.to_str().unwrap(),
+        &target_text,
+    ]);
+    let proxy = Proxy::start(&args, 1);
+    // A TCP probe: connect, close.
+    for _ in 0..3 {
+        drop(TcpStream::connect((Ipv4Addr::LOCALHOST, listen)).unwrap());
+    }
+    // A client that connects and waits does not wake it either...
+    let silent = TcpStream::connect((Ipv4Addr::LOCALHOST, listen)).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(starts(&log), 0, "a probe woke the service");
+    assert_eq!(proxy.service()["state"], "stopped");
+    // ...until it sends: its held byte reaches the backend.
+    let mut silent = silent;
+    silent
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    silent.write_all(b"now").unwrap();
+    let mut buf = [0u8; 3];
+    silent.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"now");
+    assert_eq!(starts(&log), 1);
+    eventually(Duration::from_secs(5), || {
+        let service = proxy.service();
+        (service["connections_forwarded"] == 1)
+            .then_some(())
+            .ok_or(format!("{service}"))
+    });
+    let (_, _, text) = http_get_with(proxy.serve_port(), "/metrics", &[]);
+    let samples = parse_metrics(&text, false);
+    let no_data = sample(
+        &samples,
+        "spawner_sidecar_proxy_connections_total",
+        &[("outcome", "no_data")],
+    );
+    assert_eq!(no_data, Some(3.0), "{text}");
+}
+
+#[test]
+fn a_silent_client_does_not_delay_the_start_for_the_others() {
+    let dir = scratch("silent");
+    let log = dir.join("backend.log");
+    let (listen, target) = (free_port(), free_port());
+    let _proxy = Proxy::start(
+        &[
+            "-proxy",
+            &pair(listen, target),
+            BACKEND,
+            "--log",
+            log.to_str().unwrap(),
+            &target.to_string(),
+        ],
+        1,
+    );
+    let silent: Vec<TcpStream> = (0..5)
+        .map(|_| TcpStream::connect((Ipv4Addr::LOCALHOST, listen)).unwrap())
+        .collect();
+    expect_echo(listen, b"not behind the silent ones");
+    assert_eq!(starts(&log), 1);
+    drop(silent);
+}
+
+#[test]
+fn min_online_keeps_a_started_service_up_through_a_pause() {
+    let dir = scratch("min-online");
+    let log = dir.join("backend.log");
+    let (listen, target) = (free_port(), free_port());
+    let pair = pair(listen, target);
+    let mut args = SERVE.to_vec();
+    let target_text = target.to_string();
+    args.extend([
+        "-proxy",
+        &pair,
+        "-stop-after",
+        "100ms",
+        "--min-online",
+        "3s",
+        BACKEND,
+        "--log",
+        log.to_str().unwrap(),
+        &target_text,
+    ]);
+    let proxy = Proxy::start(&args, 1);
+    expect_echo(listen, b"burst");
+    std::thread::sleep(Duration::from_millis(1500));
+    // stop_after has passed many times over; min_online has not.
+    assert_eq!(proxy.service()["state"], "running");
+    expect_echo(listen, b"second burst");
+    assert_eq!(starts(&log), 1, "it flapped");
+    expect_state(&proxy, "stopped");
+}
+
+#[test]
+fn a_keepalive_request_keeps_an_idle_service_up_and_shows_in_the_status() {
+    let dir = scratch("keepalive");
+    let log = dir.join("backend.log");
+    let (listen, target) = (free_port(), free_port());
+    let pair = pair(listen, target);
+    let mut args = SERVE.to_vec();
+    let target_text = target.to_string();
+    args.extend([
+        "-proxy",
+        &pair,
+        "-stop-after",
+        "200ms",
+        BACKEND,
+        "--log",
+        log.to_str().unwrap(),
+        &target_text,
+    ]);
+    let proxy = Proxy::start(&args, 1);
+    let name = format!("port-{listen}");
+    let port = proxy.serve_port();
+    expect_echo(listen, b"start");
+    let (code, body) = http_request(port, "POST", &format!("/services/{name}/keepalive?for=2s"));
+    assert_eq!(code, 200, "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert!(body["keepalive_seconds"].as_f64().unwrap() > 1.0, "{body}");
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(
+        proxy.service()["state"],
+        "running",
+        "stopped despite the keepalive"
+    );
+    expect_state(&proxy, "stopped");
+    assert_eq!(starts(&log), 1);
+    assert!(backend_log(&log).contains(&"signal 15".to_string()));
+    for (path, want) in [
+        (format!("/services/{name}/keepalive?for=soon"), 400),
+        (format!("/services/{name}/keepalive"), 400),
+        ("/services/nope/keepalive?for=1s".to_string(), 404),
+    ] {
+        assert_eq!(http_request(port, "POST", &path).0, want, "{path}");
+    }
+}

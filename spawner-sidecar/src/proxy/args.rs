@@ -10,7 +10,7 @@ use std::{ffi::OsString, net::IpAddr, path::PathBuf, time::Duration};
 use clap::Args as _;
 
 use super::signal::Signal;
-use crate::duration::parse_duration;
+use crate::{duration::parse_duration, source::peers::PeerNet};
 
 /// Flags of `spawner-sidecar proxy`; each can also be set as
 /// `SPAWNER_SIDECAR_PROXY_<FLAG>`, and a flag wins over its variable.
@@ -65,6 +65,35 @@ pub struct Args {
     #[arg(long, value_name = "DURATION", default_value = "0", value_parser = parse_duration,
           env = "SPAWNER_SIDECAR_PROXY_WAIT_AFTER_START")]
     pub wait_after_start: Duration,
+
+    /// Keep the service up at least this long after each start, however idle
+    #[arg(long, value_name = "DURATION", default_value = "0", value_parser = parse_duration,
+          env = "SPAWNER_SIDECAR_PROXY_MIN_ONLINE")]
+    pub min_online: Duration,
+
+    /// Only clients from these networks (CIDR or address) are served; repeatable
+    #[arg(
+        long,
+        value_name = "CIDR",
+        value_delimiter = ',',
+        env = "SPAWNER_SIDECAR_PROXY_ALLOW"
+    )]
+    pub allow: Vec<PeerNet>,
+
+    /// Clients from these networks are closed at once and wake nothing; repeatable
+    #[arg(
+        long,
+        value_name = "CIDR",
+        value_delimiter = ',',
+        env = "SPAWNER_SIDECAR_PROXY_DENY"
+    )]
+    pub deny: Vec<PeerNet>,
+
+    /// Start a stopped service only once the client has sent its first byte (probes wake nothing)
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true,
+          default_value = "false", default_missing_value = "true",
+          env = "SPAWNER_SIDECAR_PROXY_WAKE_ON_DATA")]
+    pub wake_on_data: bool,
 
     /// On SIGTERM, let established connections finish for up to this long
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration,

@@ -5,6 +5,7 @@ use std::{io::ErrorKind, net::SocketAddr, sync::Arc, time::Duration};
 use tokio::{
     net::{TcpListener, TcpStream},
     sync::watch,
+    time::Instant,
 };
 use tracing::{debug, info, warn};
 
@@ -80,10 +81,32 @@ enum Dropped {
 async fn serve(service: &Arc<Service>, target: &Target, client: TcpStream, peer: SocketAddr) {
     let metrics = &service.metrics;
     let name = service.spec.name.as_str();
+    metrics.accepted.inc();
+    if !service.spec.admission.admits(peer.ip()) {
+        metrics.denied.inc();
+        debug!(service = name, %peer, "closed: source network not allowed");
+        return;
+    }
+    let deadline = Instant::now() + service.spec.timeout;
+    if service.spec.wake_on_data && !service.is_ready() {
+        // A probe or a port scan connects and closes: that must not cost a
+        // cold start. The byte stays in the socket for the backend.
+        match tokio::time::timeout_at(deadline, client.peek(&mut [0u8; 1])).await {
+            Ok(Ok(n)) if n > 0 => {}
+            Ok(_) => {
+                metrics.no_data.inc();
+                debug!(service = name, %peer, "closed before sending anything: woke nothing");
+                return;
+            }
+            Err(_) => {
+                metrics.timed_out.inc();
+                return;
+            }
+        }
+    }
     let _entry = service.enter();
     let held = Raised::new(&metrics.held);
-    metrics.accepted.inc();
-    let reached = tokio::time::timeout(service.spec.timeout, reach(service, target, &client, peer));
+    let reached = tokio::time::timeout_at(deadline, reach(service, target, &client, peer));
     let backend = match reached.await {
         Ok(Ok(backend)) => backend,
         Ok(Err(Dropped::NotReady(NotReady::StartFailed))) => {

@@ -55,6 +55,10 @@ pub struct ServiceMetrics {
     pub start_failed: Counter,
     /// Clients whose backend could not be dialed once it was ready.
     pub dial_failed: Counter,
+    /// Clients from a network not allowed (or denied).
+    pub denied: Counter,
+    /// With wake-on-data: clients that closed before sending a byte.
+    pub no_data: Counter,
     pub resets: Counter,
     pub starts_connection: Counter,
     pub starts_auto: Counter,
@@ -91,7 +95,7 @@ impl Metrics {
         let connections = Family::<Labels, Counter>::default();
         registry.register(
             "connections",
-            "Clients by outcome: accepted (all), forwarded, timed_out (held past timeout), start_failed, dial_failed",
+            "Clients by outcome: accepted (all), forwarded, timed_out (held past timeout), start_failed, dial_failed, denied (source network), no_data (closed before a byte, with wake-on-data)",
             connections.clone(),
         );
         let resets = Family::<Labels, Counter>::default();
@@ -154,6 +158,8 @@ impl Metrics {
             timed_out: outcome("timed_out"),
             start_failed: outcome("start_failed"),
             dial_failed: outcome("dial_failed"),
+            denied: outcome("denied"),
+            no_data: outcome("no_data"),
             resets: get(&self.resets, &service()),
             starts_connection: get(&self.starts, &with("reason", "connection")),
             starts_auto: get(&self.starts, &with("reason", "auto-start")),

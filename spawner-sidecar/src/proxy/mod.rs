@@ -7,6 +7,7 @@
 //! It does not use the daemon's HTTP, drain or hook modules: data flows
 //! one way, and this mode sits beside them on the same lower layers.
 mod address;
+mod admission;
 mod args;
 mod child;
 mod connection;

@@ -68,6 +68,8 @@ pub struct Load {
     pub active: usize,
     /// When `active` last became 0; `None` while it is not 0.
     pub idle_since: Option<Instant>,
+    /// `POST /services/NAME/keepalive`: busy until then, connections or not.
+    pub keep_until: Option<Instant>,
 }
 
 /// Why a held client was not forwarded.
@@ -110,6 +112,7 @@ impl Service {
             load: watch::Sender::new(Load {
                 active: 0,
                 idle_since: Some(Instant::now()),
+                keep_until: None,
             }),
             wake: Notify::new(),
             metrics,
@@ -163,6 +166,30 @@ impl Service {
                 return Err(NotReady::Closed);
             }
         }
+    }
+
+    /// Whether a client would be forwarded at once.
+    pub fn is_ready(&self) -> bool {
+        matches!(
+            *self.phase.borrow(),
+            Phase::Running { .. } | Phase::Forwarder
+        )
+    }
+
+    /// Keeps the service from an idle stop for `duration` from now (a
+    /// longer keepalive already given stays).
+    pub fn keep_alive(&self, duration: Duration) {
+        let until = Instant::now() + duration;
+        self.load.send_modify(|l| {
+            l.keep_until = Some(l.keep_until.map_or(until, |k| k.max(until)));
+        });
+    }
+
+    /// What is left of the last keepalive.
+    pub fn kept_alive_for(&self) -> Duration {
+        self.load.borrow().keep_until.map_or(Duration::ZERO, |k| {
+            k.saturating_duration_since(Instant::now())
+        })
     }
 
     /// Whether start number `start` is still the running one.

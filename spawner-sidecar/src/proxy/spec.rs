@@ -6,10 +6,11 @@ use std::time::Duration;
 use super::{
     Args,
     address::{Listen, Route, Target, parse_pairs},
+    admission::Admission,
     signal::Signal,
     yaml,
 };
-use crate::duration::parse_duration;
+use crate::{duration::parse_duration, source::peers::PeerNet};
 
 /// ynetd's default `timeout`: how long a client may wait for the service.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -28,6 +29,11 @@ pub struct ServiceSpec {
     pub stop_timeout: Duration,
     pub timeout: Duration,
     pub wait_after_start: Duration,
+    /// No idle stop before this long after a start.
+    pub min_online: Duration,
+    pub admission: Admission,
+    /// A stopped service starts only once a client has sent a byte.
+    pub wake_on_data: bool,
 }
 
 #[derive(Debug)]
@@ -80,7 +86,16 @@ fn from_yaml(
         None => Signal::TERM,
         Some(t) => Signal::parse(t).map_err(|e| format!("{label}: stop_signal: {e}"))?,
     };
+    let nets = |key: &str, list: &[String]| -> Result<Vec<PeerNet>, String> {
+        list.iter()
+            .map(|n| n.parse().map_err(|e| format!("{label}: {key}: {e}")))
+            .collect()
+    };
+    let admission = Admission::new(nets("allow", &s.allow)?, nets("deny", &s.deny)?);
     Ok(ServiceSpec {
+        min_online: duration(&label, "min_online", s.min_online.as_ref(), Duration::ZERO)?,
+        admission,
+        wake_on_data: s.wake_on_data,
         name: s
             .name
             .clone()
@@ -142,6 +157,9 @@ pub fn build(args: &Args) -> Result<ProxyConfig, String> {
             stop_timeout: args.stop_timeout,
             timeout: args.timeout,
             wait_after_start: args.wait_after_start,
+            min_online: args.min_online,
+            admission: Admission::new(args.allow.clone(), args.deny.clone()),
+            wake_on_data: args.wake_on_data,
         });
     }
     if services.is_empty() {

@@ -5,15 +5,16 @@ use std::sync::Arc;
 
 use axum::{
     Json, Router,
-    extract::State,
+    extract::{Path, Query, State},
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
-    routing::get,
+    routing::{get, post},
 };
 use serde_json::{Value, json};
 
 use super::{metrics::Metrics, service::Phase, service::Service};
 use crate::{
+    duration::parse_duration,
     metrics::{CLASSIC_TYPE, OPENMETRICS_TYPE, to_classic, wants_openmetrics},
     serve,
 };
@@ -28,6 +29,7 @@ pub fn router(page: Arc<Page>) -> Router {
         .route("/", get(status))
         .route("/status", get(status))
         .route("/metrics", get(metrics))
+        .route("/services/{name}/keepalive", post(keepalive))
         .fallback(serve::not_found)
         .with_state(page)
 }
@@ -58,6 +60,8 @@ pub fn describe(service: &Service) -> Value {
         "starts": m.starts_connection.get() + m.starts_auto.get(),
         "failures_in_a_row": failures,
         "last_cold_start_seconds": service.last_cold_start().map(|d| d.as_secs_f64()),
+        "keepalive_seconds": service.kept_alive_for().as_secs_f64(),
+        "connections_denied": m.denied.get(),
         "command": service.spec.command,
         "routes": routes,
     })
@@ -89,5 +93,50 @@ async fn metrics(State(page): State<Arc<Page>>, headers: HeaderMap) -> Response 
         ([(header::CONTENT_TYPE, OPENMETRICS_TYPE)], text).into_response()
     } else {
         ([(header::CONTENT_TYPE, CLASSIC_TYPE)], to_classic(&text)).into_response()
+    }
+}
+
+/// Longest keepalive one request may ask for.
+const MAX_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(86_400);
+
+#[derive(serde::Deserialize)]
+struct KeepaliveQuery {
+    #[serde(rename = "for")]
+    duration: Option<String>,
+}
+
+/// `POST /services/NAME/keepalive?for=DURATION`: no idle stop for that
+/// long (work that is not inbound traffic). It does not start a stopped
+/// service. Answers the service's status.
+async fn keepalive(
+    State(page): State<Arc<Page>>,
+    Path(name): Path<String>,
+    Query(query): Query<KeepaliveQuery>,
+) -> Response {
+    let Some(service) = page.services.iter().find(|s| s.spec.name == name) else {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({ "error": format!("no service named `{name}`") })),
+        )
+            .into_response();
+    };
+    let duration = query
+        .duration
+        .ok_or_else(|| "missing ?for=DURATION".to_string())
+        .and_then(|text| parse_duration(&text))
+        .and_then(|d| {
+            if d > MAX_KEEPALIVE {
+                Err("at most 1 day".to_string())
+            } else {
+                Ok(d)
+            }
+        });
+    match duration {
+        Ok(d) => {
+            service.keep_alive(d);
+            tracing::info!(service = name, keepalive = ?d, "kept alive by request");
+            Json(describe(service)).into_response()
+        }
+        Err(e) => (StatusCode::BAD_REQUEST, Json(json!({ "error": e }))).into_response(),
     }
 }

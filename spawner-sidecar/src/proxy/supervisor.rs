@@ -185,21 +185,41 @@ async fn stop(service: &Service, process: &mut Child, start: u64) {
     info!(service = service.spec.name, signal = %service.spec.stop_signal, "stopped: {status}");
 }
 
-/// Resolves once no connection has been open on any listener of the
-/// service for `stop_after` (counted from `ran_at` at the earliest); never
-/// without `stop_after`.
+/// When an idle service may be stopped: `stop_after` after its last
+/// connection closed (counted from the start at the earliest), not before
+/// `min_online` after the start, nor before a keepalive's end.
+pub fn stop_at(
+    idle_since: Instant,
+    ran_at: Instant,
+    stop_after: Duration,
+    min_online: Duration,
+    keep_until: Option<Instant>,
+) -> Instant {
+    let at = (idle_since.max(ran_at) + stop_after).max(ran_at + min_online);
+    keep_until.map_or(at, |k| at.max(k))
+}
+
+/// Resolves once the service may be stopped for idleness (see
+/// [`stop_at`]); never without `stop_after`.
 async fn idle(service: &Service, ran_at: Instant) {
     let Some(stop_after) = service.spec.stop_after else {
         return std::future::pending().await;
     };
     let mut load = service.load.subscribe();
     loop {
-        let since = load.borrow_and_update().idle_since;
-        let changed = match since {
+        let now = *load.borrow_and_update();
+        let changed = match now.idle_since {
             None => load.changed().await,
             Some(since) => {
+                let at = stop_at(
+                    since,
+                    ran_at,
+                    stop_after,
+                    service.spec.min_online,
+                    now.keep_until,
+                );
                 tokio::select! {
-                    () = tokio::time::sleep_until(since.max(ran_at) + stop_after) => {
+                    () = tokio::time::sleep_until(at) => {
                         if load.borrow().active == 0 {
                             return;
                         }
@@ -229,5 +249,22 @@ mod tests {
             ]
         );
         assert_eq!(backoff(u32::MAX), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn the_stop_waits_for_stop_after_min_online_and_keepalive() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        // Idle since 5 s after a start at 0: stop_after counts from there.
+        assert_eq!(stop_at(t0 + s(5), t0, s(10), s(0), None), t0 + s(15));
+        // Idle since before the start (auto-start): counted from the start.
+        assert_eq!(stop_at(t0, t0 + s(3), s(10), s(0), None), t0 + s(13));
+        // A burst, a pause: min_online holds it up.
+        assert_eq!(stop_at(t0 + s(1), t0, s(2), s(60), None), t0 + s(60));
+        // A keepalive later than both wins.
+        assert_eq!(
+            stop_at(t0 + s(1), t0, s(2), s(0), Some(t0 + s(90))),
+            t0 + s(90)
+        );
     }
 }

@@ -13,8 +13,9 @@
 //!
 //! Unlike ynetd (Go's yaml.v2 drops what it does not know), an unknown key
 //! is an error: a misspelt `stop_after` would otherwise leave a service
-//! running forever. Two keys are ours: `name` (for the status page) and
-//! `stop_timeout`. Parsing into values only; [`super::spec`] validates.
+//! running forever. Keys of ours beside ynetd's: `name` (for the status
+//! page and its URLs), `stop_timeout`, `min_online`, `allow`, `deny`,
+//! `wake_on_data`. Parsing into values only; [`super::spec`] validates.
 //!
 //! The crate is `serde_norway`: `serde_yaml` is deprecated (archived in
 //! 2024, RUSTSEC-2024-0320), `serde_yml` carries an unsoundness advisory
@@ -56,6 +57,14 @@ pub struct Service {
     pub timeout: Option<String>,
     #[serde(default, deserialize_with = "duration_text")]
     pub wait_after_start: Option<String>,
+    #[serde(default, deserialize_with = "duration_text")]
+    pub min_online: Option<String>,
+    #[serde(default)]
+    pub allow: Vec<String>,
+    #[serde(default)]
+    pub deny: Vec<String>,
+    #[serde(default)]
+    pub wake_on_data: bool,
 }
 
 /// Reads and parses `path`; the error is one line naming the file.
