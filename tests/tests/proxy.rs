@@ -1200,3 +1200,62 @@ fn a_keepalive_request_keeps_an_idle_service_up_and_shows_in_the_status() {
         assert_eq!(http_request(port, "POST", &path).0, want, "{path}");
     }
 }
+
+/// The state letter of /proc/PID/stat (`T` for stopped by a signal).
+fn process_state(pid: i32) -> char {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit_once(") ")
+        .and_then(|(_, rest)| rest.chars().next())
+        .unwrap_or('?')
+}
+
+#[test]
+fn with_idle_action_freeze_an_idle_service_is_frozen_and_the_next_client_thaws_it() {
+    let dir = scratch("freeze");
+    let log = dir.join("backend.log");
+    let (listen, target) = (free_port(), free_port());
+    let pair = pair(listen, target);
+    let mut args = SERVE.to_vec();
+    let target_text = target.to_string();
+    args.extend([
+        "-proxy",
+        &pair,
+        "-stop-after",
+        "300ms",
+        "--idle-action",
+        "freeze",
+        BACKEND,
+        "--log",
+        log.to_str().unwrap(),
+        &target_text,
+    ]);
+    let mut proxy = Proxy::start(&args, 1);
+    expect_echo(listen, b"wake");
+    let pid: i32 = backend_log(&log)
+        .iter()
+        .find_map(|l| l.strip_prefix("start ").and_then(|p| p.parse().ok()))
+        .unwrap();
+    expect_state(&proxy, "frozen");
+    assert_eq!(process_state(pid), 'T', "not stopped by SIGSTOP");
+    expect_echo(listen, b"thawed");
+    assert_ne!(process_state(pid), 'T');
+    assert_eq!(starts(&log), 1, "a thaw is not a start");
+    let (_, _, text) = http_get_with(proxy.serve_port(), "/metrics", &[]);
+    let samples = parse_metrics(&text, false);
+    let thaws = sample(
+        &samples,
+        "spawner_sidecar_proxy_starts_total",
+        &[("reason", "thaw")],
+    );
+    assert_eq!(thaws, Some(1.0), "{text}");
+    // Shut down while frozen: the stop signal still reaches it.
+    expect_state(&proxy, "frozen");
+    proxy.signal(libc::SIGTERM);
+    let status = proxy.wait(Duration::from_secs(20));
+    assert!(status.success(), "{status:?}");
+    assert!(
+        backend_log(&log).contains(&"signal 15".to_string()),
+        "{:?}",
+        backend_log(&log)
+    );
+}

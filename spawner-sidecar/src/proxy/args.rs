@@ -9,7 +9,7 @@ use std::{ffi::OsString, net::IpAddr, path::PathBuf, time::Duration};
 
 use clap::Args as _;
 
-use super::signal::Signal;
+use super::{signal::Signal, spec::IdleAction};
 use crate::{duration::parse_duration, source::peers::PeerNet};
 
 /// Flags of `spawner-sidecar proxy`; each can also be set as
@@ -94,6 +94,11 @@ pub struct Args {
           default_value = "false", default_missing_value = "true",
           env = "SPAWNER_SIDECAR_PROXY_WAKE_ON_DATA")]
     pub wake_on_data: bool,
+
+    /// What an idle service gets after --stop-after: stop, or freeze (SIGSTOP; SIGCONT on the next client)
+    #[arg(long, value_name = "ACTION", value_enum, default_value_t = IdleAction::Stop,
+          env = "SPAWNER_SIDECAR_PROXY_IDLE_ACTION")]
+    pub idle_action: IdleAction,
 
     /// On SIGTERM, let established connections finish for up to this long
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration,

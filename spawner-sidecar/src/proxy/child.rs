@@ -65,6 +65,9 @@ impl Child {
     pub async fn stop(&mut self, signal: Signal, timeout: Duration) -> Option<ExitStatus> {
         let group = self.group;
         self.signal(signal);
+        // A frozen (SIGSTOPped) group only acts on its stop signal once
+        // continued; a running one ignores SIGCONT.
+        self.signal(Signal::CONT);
         match tokio::time::timeout(timeout, self.inner.wait()).await {
             Ok(status) => {
                 self.group = None;

@@ -62,6 +62,8 @@ pub struct ServiceMetrics {
     pub resets: Counter,
     pub starts_connection: Counter,
     pub starts_auto: Counter,
+    /// Thaws of a frozen service (`idle_action: freeze`).
+    pub starts_thaw: Counter,
     pub bytes_to_backend: Counter,
     pub bytes_to_client: Counter,
     /// First held client to its backend connection, per cold start.
@@ -73,6 +75,7 @@ pub const STATES: &[&str] = &[
     "stopped",
     "starting",
     "running",
+    "frozen",
     "stopping",
     "crashloop",
 ];
@@ -107,7 +110,7 @@ impl Metrics {
         let starts = Family::<Labels, Counter>::default();
         registry.register(
             "starts",
-            "Starts of the service's command by reason",
+            "Starts of the service's command by reason (connection, auto-start), and thaws of a frozen one",
             starts.clone(),
         );
         let bytes = Family::<Labels, Counter>::default();
@@ -163,6 +166,7 @@ impl Metrics {
             resets: get(&self.resets, &service()),
             starts_connection: get(&self.starts, &with("reason", "connection")),
             starts_auto: get(&self.starts, &with("reason", "auto-start")),
+            starts_thaw: get(&self.starts, &with("reason", "thaw")),
             bytes_to_backend: get(&self.bytes, &with("direction", "to_backend")),
             bytes_to_client: get(&self.bytes, &with("direction", "to_client")),
             cold_start: get(&self.cold_start, &service()),

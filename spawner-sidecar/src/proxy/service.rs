@@ -36,6 +36,10 @@ pub enum Phase {
     Running {
         start: u64,
     },
+    /// Idle with `idle_action: freeze`: SIGSTOPped, thawed by a client.
+    Frozen {
+        start: u64,
+    },
     /// The stop signal was sent to start number `start`; a client now
     /// waits for the next start.
     Stopping {
@@ -57,6 +61,7 @@ impl Phase {
             Self::Stopped { .. } | Self::Closed => "stopped",
             Self::Starting { .. } => "starting",
             Self::Running { .. } => "running",
+            Self::Frozen { .. } => "frozen",
             Self::Stopping { .. } => "stopping",
         }
     }
@@ -145,7 +150,7 @@ impl Service {
         let baseline = match *phase.borrow() {
             Phase::Stopped { last, .. } => last.unwrap_or(0),
             Phase::Starting { start } => start.saturating_sub(1),
-            Phase::Running { start } | Phase::Stopping { start } => start,
+            Phase::Running { start } | Phase::Stopping { start } | Phase::Frozen { start } => start,
             Phase::Forwarder | Phase::Closed => 0,
         };
         loop {
@@ -159,7 +164,7 @@ impl Service {
                 } if last > baseline => {
                     return Err(NotReady::StartFailed);
                 }
-                Phase::Stopped { .. } => self.wake.notify_one(),
+                Phase::Stopped { .. } | Phase::Frozen { .. } => self.wake.notify_one(),
                 Phase::Starting { .. } | Phase::Stopping { .. } => {}
             }
             if phase.changed().await.is_err() {

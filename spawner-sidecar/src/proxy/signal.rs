@@ -21,6 +21,8 @@ const NAMES: &[(&str, libc::c_int)] = &[
 impl Signal {
     pub const TERM: Self = Self(libc::SIGTERM);
     pub const KILL: Self = Self(libc::SIGKILL);
+    pub const STOP: Self = Self(libc::SIGSTOP);
+    pub const CONT: Self = Self(libc::SIGCONT);
 
     pub fn parse(text: &str) -> Result<Self, String> {
         let trimmed = text.trim();

@@ -15,6 +15,26 @@ use crate::{duration::parse_duration, source::peers::PeerNet};
 /// ynetd's default `timeout`: how long a client may wait for the service.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// What an idle service gets after `stop_after`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum IdleAction {
+    /// `stop_signal`, then SIGKILL after `stop_timeout`.
+    Stop,
+    /// SIGSTOP to the process group; SIGCONT when a client comes (no cold
+    /// start: the process keeps its memory, and its port).
+    Freeze,
+}
+
+impl IdleAction {
+    fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "stop" => Ok(Self::Stop),
+            "freeze" => Ok(Self::Freeze),
+            other => Err(format!("`{other}` is not stop or freeze")),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ServiceSpec {
     /// For logs, the status page and its URLs.
@@ -34,6 +54,7 @@ pub struct ServiceSpec {
     pub admission: Admission,
     /// A stopped service starts only once a client has sent a byte.
     pub wake_on_data: bool,
+    pub idle_action: IdleAction,
 }
 
 #[derive(Debug)]
@@ -96,6 +117,10 @@ fn from_yaml(
         min_online: duration(&label, "min_online", s.min_online.as_ref(), Duration::ZERO)?,
         admission,
         wake_on_data: s.wake_on_data,
+        idle_action: match &s.idle_action {
+            None => IdleAction::Stop,
+            Some(t) => IdleAction::parse(t).map_err(|e| format!("{label}: idle_action: {e}"))?,
+        },
         name: s
             .name
             .clone()
@@ -160,6 +185,7 @@ pub fn build(args: &Args) -> Result<ProxyConfig, String> {
             min_online: args.min_online,
             admission: Admission::new(args.allow.clone(), args.deny.clone()),
             wake_on_data: args.wake_on_data,
+            idle_action: args.idle_action,
         });
     }
     if services.is_empty() {

@@ -15,6 +15,8 @@ use super::{
     child::{self, Child},
     ready,
     service::{Phase, Service},
+    signal::Signal,
+    spec::IdleAction,
 };
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -125,7 +127,7 @@ pub async fn supervise(service: Arc<Service>, mut shutdown: watch::Receiver<bool
         let took = started.elapsed();
         info!(service = name, start, pid = ?process.pid(), ?took, "ready");
         service.phase.send_replace(Phase::Running { start });
-        let ran_at = Instant::now();
+        let mut ran_at = Instant::now();
         let end = loop {
             let end = tokio::select! {
                 status = process.wait() => End::Exited(status),
@@ -133,13 +135,27 @@ pub async fn supervise(service: Arc<Service>, mut shutdown: watch::Receiver<bool
                 _ = shutdown.changed() => End::Shutdown,
             };
             if let End::Idle = end {
-                // Stopping first, then the count: a client that entered
-                // before this sees the count; one after sees Stopping and
-                // waits for the next start instead of dialing a dying one.
-                service.phase.send_replace(Phase::Stopping { start });
+                // The new phase first, then the count: a client that entered
+                // before this sees the count; one after sees the phase and
+                // waits instead of dialing a dying or frozen service.
+                let freeze = service.spec.idle_action == IdleAction::Freeze;
+                service.phase.send_replace(if freeze {
+                    Phase::Frozen { start }
+                } else {
+                    Phase::Stopping { start }
+                });
                 if service.load.borrow().active > 0 {
                     service.phase.send_replace(Phase::Running { start });
                     continue;
+                }
+                if freeze {
+                    match frozen(&service, &mut process, &mut shutdown, start).await {
+                        None => {
+                            ran_at = Instant::now();
+                            continue;
+                        }
+                        Some(end) => break end,
+                    }
                 }
             }
             break end;
@@ -174,6 +190,36 @@ pub async fn supervise(service: Arc<Service>, mut shutdown: watch::Receiver<bool
         }
     }
     service.phase.send_replace(Phase::Closed);
+}
+
+/// Freezes the process group (SIGSTOP) until a client needs it, then thaws
+/// it (SIGCONT) and returns `None`; or how it ended meanwhile.
+async fn frozen(
+    service: &Service,
+    process: &mut Child,
+    shutdown: &mut watch::Receiver<bool>,
+    start: u64,
+) -> Option<End> {
+    let name = service.spec.name.as_str();
+    process.signal(Signal::STOP);
+    info!(service = name, start, stop_after = ?service.spec.stop_after, "idle: frozen (SIGSTOP)");
+    loop {
+        tokio::select! {
+            () = service.wake.notified() => {
+                if service.load.borrow().active == 0 {
+                    continue;
+                }
+                service.begin_cold_start(Some(Instant::now()));
+                process.signal(Signal::CONT);
+                service.metrics.starts_thaw.inc();
+                service.phase.send_replace(Phase::Running { start });
+                info!(service = name, start, "thawed (SIGCONT) for a connection");
+                return None;
+            }
+            status = process.wait() => return Some(End::Exited(status)),
+            _ = shutdown.changed() => return Some(End::Shutdown),
+        }
+    }
 }
 
 async fn stop(service: &Service, process: &mut Child, start: u64) {
