@@ -229,6 +229,14 @@ fn bad_flags_fail_with_one_line_naming_them_and_exit_2() {
         ),
         (vec!["-proxy", ":1 exec:relative/path"], "full path"),
         (vec!["sleep", "1"], "-proxy"),
+        (
+            vec!["-proxy", ":1 127.0.0.1:2", "--stop-command", "true"],
+            "needs a start command",
+        ),
+        (
+            vec!["-proxy", ":1 127.0.0.1:2", "--idle-action", "freeze"],
+            "needs a command",
+        ),
         (vec![], "nothing to proxy"),
     ] {
         let (code, stderr) = run(&args);
@@ -1258,4 +1266,73 @@ fn with_idle_action_freeze_an_idle_service_is_frozen_and_the_next_client_thaws_i
         "{:?}",
         backend_log(&log)
     );
+}
+
+#[test]
+fn start_and_stop_commands_drive_a_backend_elsewhere() {
+    let dir = scratch("hibergate");
+    let log = dir.join("backend.log");
+    let (listen, target) = (free_port(), free_port());
+    let pair = pair(listen, target);
+    // The "backend elsewhere": started in the background by the start
+    // command (which returns at once), stopped by the stop command.
+    let start = format!(
+        "{BACKEND} --log {} {target} >/dev/null 2>&1 &",
+        log.display()
+    );
+    let stop = format!(
+        "kill $(sed -n 's/^start //p' {} | tail -n 1)",
+        log.display()
+    );
+    let mut args = SERVE.to_vec();
+    args.extend([
+        "-proxy",
+        &pair,
+        "-stop-after",
+        "300ms",
+        "--start-command",
+        &start,
+        "--stop-command",
+        &stop,
+    ]);
+    let proxy = Proxy::start(&args, 1);
+    expect_echo(listen, b"started by a command");
+    assert_eq!(starts(&log), 1);
+    expect_state(&proxy, "stopped");
+    eventually(Duration::from_secs(5), || {
+        let lines = backend_log(&log);
+        lines
+            .contains(&"signal 15".to_string())
+            .then_some(())
+            .ok_or(format!("{lines:?}"))
+    });
+    expect_echo(listen, b"and again");
+    assert_eq!(starts(&log), 2);
+}
+
+#[test]
+fn a_failing_start_command_closes_its_clients_promptly_and_backs_off() {
+    let (listen, target) = (free_port(), free_port());
+    let pair = pair(listen, target);
+    let mut args = SERVE.to_vec();
+    args.extend(["-proxy", &pair, "--start-command", "exit 3"]);
+    let proxy = Proxy::start(&args, 1);
+    for _ in 0..2 {
+        let began = Instant::now();
+        let answer = round_trip(listen, b"");
+        assert!(
+            began.elapsed() < Duration::from_secs(30),
+            "{:?}",
+            began.elapsed()
+        );
+        assert!(answer.map(|a| a.is_empty()).unwrap_or(true));
+    }
+    let service = expect_state(&proxy, "crashloop");
+    assert_eq!(service["starts"], 2, "{service}");
+    let log = proxy.log();
+    assert!(
+        log.contains("the start command failed (exit status: 3)"),
+        "{log}"
+    );
+    assert!(log.contains("backoff=200ms"), "{log}");
 }

@@ -100,6 +100,18 @@ pub struct Args {
           env = "SPAWNER_SIDECAR_PROXY_IDLE_ACTION")]
     pub idle_action: IdleAction,
 
+    /// Instead of a command: shell command that starts the backend elsewhere (hibergate)
+    #[arg(
+        long,
+        value_name = "SHELL",
+        env = "SPAWNER_SIDECAR_PROXY_START_COMMAND"
+    )]
+    pub start_command: Option<String>,
+
+    /// With --start-command: shell command that stops the backend when idle
+    #[arg(long, value_name = "SHELL", env = "SPAWNER_SIDECAR_PROXY_STOP_COMMAND")]
+    pub stop_command: Option<String>,
+
     /// On SIGTERM, let established connections finish for up to this long
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration,
           env = "SPAWNER_SIDECAR_PROXY_SHUTDOWN_TIMEOUT")]

@@ -9,6 +9,7 @@
 mod address;
 mod admission;
 mod args;
+mod backend;
 mod child;
 mod connection;
 mod forward;

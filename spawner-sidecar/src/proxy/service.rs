@@ -103,7 +103,7 @@ pub struct Service {
 
 impl Service {
     pub fn new(spec: ServiceSpec, metrics: ServiceMetrics) -> Arc<Self> {
-        let phase = if spec.command.is_empty() {
+        let phase = if spec.is_forwarder() {
             Phase::Forwarder
         } else {
             Phase::Stopped {

@@ -55,6 +55,31 @@ pub struct ServiceSpec {
     /// A stopped service starts only once a client has sent a byte.
     pub wake_on_data: bool,
     pub idle_action: IdleAction,
+    /// hibergate's shape: a shell command that starts the backend
+    /// elsewhere (instead of `command`), and one that stops it.
+    pub start: Option<String>,
+    pub stop: Option<String>,
+}
+
+impl ServiceSpec {
+    /// Nothing to start: a plain port forwarder.
+    pub fn is_forwarder(&self) -> bool {
+        self.command.is_empty() && self.start.is_none()
+    }
+
+    /// Rules between keys.
+    fn check(&self) -> Result<(), String> {
+        if !self.command.is_empty() && self.start.is_some() {
+            return Err("a command and a start command: give one".into());
+        }
+        if self.stop.is_some() && self.start.is_none() {
+            return Err("a stop command needs a start command".into());
+        }
+        if self.idle_action == IdleAction::Freeze && self.command.is_empty() {
+            return Err("idle action freeze needs a command (a process to freeze)".into());
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug)]
@@ -117,6 +142,8 @@ fn from_yaml(
         min_online: duration(&label, "min_online", s.min_online.as_ref(), Duration::ZERO)?,
         admission,
         wake_on_data: s.wake_on_data,
+        start: s.start,
+        stop: s.stop,
         idle_action: match &s.idle_action {
             None => IdleAction::Stop,
             Some(t) => IdleAction::parse(t).map_err(|e| format!("{label}: idle_action: {e}"))?,
@@ -186,10 +213,15 @@ pub fn build(args: &Args) -> Result<ProxyConfig, String> {
             admission: Admission::new(args.allow.clone(), args.deny.clone()),
             wake_on_data: args.wake_on_data,
             idle_action: args.idle_action,
+            start: args.start_command.clone(),
+            stop: args.stop_command.clone(),
         });
     }
     if services.is_empty() {
         return Err("nothing to proxy: give -proxy \"LISTEN TARGET\" or -config FILE".into());
+    }
+    for s in &services {
+        s.check().map_err(|e| format!("service {}: {e}", s.name))?;
     }
     // Names address services in URLs: they must be unique.
     for (i, s) in services.iter().enumerate() {

@@ -12,7 +12,7 @@ use tracing::{info, warn};
 
 use super::{
     address::Target,
-    child::{self, Child},
+    backend::Backend,
     ready,
     service::{Phase, Service},
     signal::Signal,
@@ -49,7 +49,7 @@ enum End {
 }
 
 pub async fn supervise(service: Arc<Service>, mut shutdown: watch::Receiver<bool>) {
-    if service.spec.command.is_empty() {
+    if service.spec.is_forwarder() {
         return;
     }
     let name = service.spec.name.as_str();
@@ -86,15 +86,18 @@ pub async fn supervise(service: Arc<Service>, mut shutdown: watch::Receiver<bool
             Some("auto-start") => service.metrics.starts_auto.inc(),
             _ => service.metrics.starts_connection.inc(),
         };
-        info!(service = name, reason = reason.unwrap_or(""), start, command = ?service.spec.command, "starting");
+        info!(service = name, reason = reason.unwrap_or(""), start, command = ?service.spec.command, start_command = service.spec.start, "starting");
         reason = None;
-        let mut process = match child::spawn(&service.spec.command) {
+        let started_backend = tokio::select! {
+            started = Backend::start(&service.spec) => started,
+            _ = shutdown.changed() => break,
+        };
+        let mut process = match started_backend {
             Ok(p) => p,
             Err(e) => {
                 failures += 1;
                 retry_at = Instant::now() + backoff(failures);
-                warn!(service = name, start, failures, backoff = ?backoff(failures),
-                      "cannot start {:?}: {e}", service.spec.command);
+                warn!(service = name, start, failures, backoff = ?backoff(failures), "{e}");
                 service.phase.send_replace(Phase::Stopped {
                     last: Some(start),
                     failures,
@@ -196,7 +199,7 @@ pub async fn supervise(service: Arc<Service>, mut shutdown: watch::Receiver<bool
 /// it (SIGCONT) and returns `None`; or how it ended meanwhile.
 async fn frozen(
     service: &Service,
-    process: &mut Child,
+    process: &mut Backend,
     shutdown: &mut watch::Receiver<bool>,
     start: u64,
 ) -> Option<End> {
@@ -222,12 +225,11 @@ async fn frozen(
     }
 }
 
-async fn stop(service: &Service, process: &mut Child, start: u64) {
+async fn stop(service: &Service, process: &mut Backend, start: u64) {
     service.phase.send_replace(Phase::Stopping { start });
     let status = process
         .stop(service.spec.stop_signal, service.spec.stop_timeout)
         .await;
-    let status = status.map_or_else(|| "unknown".to_string(), |s| s.to_string());
     info!(service = service.spec.name, signal = %service.spec.stop_signal, "stopped: {status}");
 }
 
