@@ -30,6 +30,7 @@ mod musl;
 mod netns;
 mod population;
 mod procfs_parse;
+mod proxy;
 mod soak;
 mod stats;
 mod status;
@@ -68,6 +69,8 @@ pub enum Section {
     Burst,
     /// The glibc build vs the image's static musl build: memory, CPU per answer
     Musl,
+    /// Proxy data path: direct vs spawner-sidecar proxy vs systemd-socket-proxyd
+    Proxy,
 }
 
 pub struct Options {
@@ -98,6 +101,10 @@ pub struct Plan {
     procfs_runs: usize,
     burst_clients: usize,
     compare: Vec<(String, PathBuf)>,
+    proxy_bytes: usize,
+    proxy_round_trips: usize,
+    proxy_connects: usize,
+    proxy_idle: usize,
 }
 
 impl Plan {
@@ -120,6 +127,10 @@ impl Plan {
                 procfs_runs: 10,
                 burst_clients: 1_000,
                 compare: options.compare.clone(),
+                proxy_bytes: 64_000_000,
+                proxy_round_trips: 3_000,
+                proxy_connects: 300,
+                proxy_idle: 10_000,
             }
         } else {
             Plan {
@@ -139,6 +150,10 @@ impl Plan {
                 procfs_runs: 30,
                 burst_clients: 1_000,
                 compare: options.compare.clone(),
+                proxy_bytes: 500_000_000,
+                proxy_round_trips: 20_000,
+                proxy_connects: 2_000,
+                proxy_idle: 10_000,
             }
         }
     }
@@ -159,6 +174,7 @@ struct Results {
     parse: Vec<procfs_parse::ParseCost>,
     burst: Option<burst::Burst>,
     musl: Option<musl::Comparison>,
+    proxy: Option<proxy::ProxyBench>,
 }
 
 pub use procfs_parse::count_command as procfs_count;
@@ -249,6 +265,10 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         progress!("burst: {} clients at once", plan.burst_clients);
         results.burst = Some(burst::measure(&bin, &plan)?);
     }
+    if wants(Section::Proxy) {
+        progress!("proxy data path: direct, spawner-sidecar proxy, systemd-socket-proxyd");
+        results.proxy = Some(proxy::measure(&bin, &plan)?);
+    }
     if wants(Section::Soak) {
         results.soak = Some(soak::measure(&bin, &plan)?);
     }
@@ -330,6 +350,10 @@ fn render(
     }
     if let Some(c) = &results.musl {
         musl::report(&mut out, c)?;
+        writeln!(out)?;
+    }
+    if let Some(p) = &results.proxy {
+        proxy::report(&mut out, p)?;
         writeln!(out)?;
     }
     targets::report(&mut out, results)?;
