@@ -13,13 +13,32 @@ use std::{
     time::{Duration, Instant},
 };
 
-use integration_tests::{
-    Netns, binary, eventually, free_port, http_get, http_get_with, http_request, parse_metrics,
-    sample,
-};
 use serde_json::Value;
+use test_support::{
+    Netns, binary, eventually, free_port, http,
+    prometheus::{parse as parse_metrics, sample},
+    sockets::connect_from,
+};
 
 const BACKEND: &str = env!("CARGO_BIN_EXE_echo-backend");
+
+fn http_get(port: u16, path: &str) -> (u16, Value) {
+    http::get(port, path)
+}
+
+fn http_request(port: u16, method: &str, path: &str) -> (u16, String) {
+    http::request(port, method, path)
+}
+
+/// Status, content type and body of a GET with `headers`.
+fn http_get_with(port: u16, path: &str, headers: &[(&str, &str)]) -> (u16, String, String) {
+    let response = http::get_with(port, path, headers);
+    let content_type = response
+        .header("content-type")
+        .unwrap_or_default()
+        .to_string();
+    (response.code, content_type, response.body)
+}
 
 /// A running proxy, stopped with SIGTERM when dropped.
 struct Proxy {
@@ -709,7 +728,7 @@ fn reads_the_example_config_from_ynetds_readme_unchanged() {
     .unwrap();
     let netns = Netns::new("proxy-yaml");
     let mut command = Command::new("ip");
-    command.args(["netns", "exec", &netns.name]).arg(binary());
+    command.args(["netns", "exec", netns.name()]).arg(binary());
     let proxy = Proxy::start_with(command, &["-config", file.to_str().unwrap()], 2);
     let log = proxy.log();
     assert!(
@@ -726,7 +745,7 @@ fn reads_the_example_config_from_ynetds_readme_unchanged() {
             .ok_or(proxy.log())
     });
     let listening = Command::new("ip")
-        .args(["netns", "exec", &netns.name, "ss", "-Htln"])
+        .args(["netns", "exec", netns.name(), "ss", "-Htln"])
         .output()
         .unwrap();
     let listening = String::from_utf8_lossy(&listening.stdout);
@@ -1039,7 +1058,7 @@ fn a_denied_client_is_closed_at_once_and_wakes_nothing() {
         &target_text,
     ]);
     let proxy = Proxy::start(&args, 1);
-    let mut denied = integration_tests::connect_from(
+    let mut denied = connect_from(
         "127.0.0.2".parse().unwrap(),
         SocketAddr::from((Ipv4Addr::LOCALHOST, listen)),
     );
