@@ -64,7 +64,7 @@ fn main() -> ExitCode {
     let config = match cli.command {
         Some(Command::WaitIdle(args)) => return drain::wait_idle(args),
         Some(Command::Heartbeat(args)) => return heartbeat::main(args),
-        Some(Command::Proxy(args)) => return proxy::main(args),
+        Some(Command::Proxy(args)) => return proxy::main(*args),
         None => cli.daemon,
     };
     let runtime = match runtime::build(Threads::PerCore) {

@@ -249,6 +249,16 @@ fn bad_flags_fail_with_one_line_naming_them_and_exit_2() {
         (vec!["-proxy", ":1 exec:relative/path"], "full path"),
         (vec!["sleep", "1"], "-proxy"),
         (
+            vec![
+                "-proxy",
+                ":1 127.0.0.1:2",
+                "--check-url",
+                "https://x/",
+                "true",
+            ],
+            "only http://",
+        ),
+        (
             vec!["-proxy", ":1 127.0.0.1:2", "--stop-command", "true"],
             "needs a start command",
         ),
@@ -367,8 +377,13 @@ fn a_reset_is_propagated_as_a_reset_both_ways() {
     stream.write_all(b"ping").unwrap();
     let mut buf = [0u8; 4];
     stream.read_exact(&mut buf).unwrap();
-    // The readiness probe left an `eof` already: count from here.
+    // The readiness probe leaves one `eof` (its thread may log it late).
     let eofs = || backend_log(&log).iter().filter(|l| *l == "eof").count();
+    eventually(Duration::from_secs(5), || {
+        (eofs() == 1)
+            .then_some(())
+            .ok_or(format!("{:?}", backend_log(&log)))
+    });
     let eofs_before = eofs();
     socket2::SockRef::from(&stream)
         .set_linger(Some(Duration::ZERO))
@@ -1354,4 +1369,34 @@ fn a_failing_start_command_closes_its_clients_promptly_and_backs_off() {
         "{log}"
     );
     assert!(log.contains("backoff=200ms"), "{log}");
+}
+
+#[test]
+fn with_a_check_url_clients_wait_until_it_answers_200() {
+    let dir = scratch("check-url");
+    let (listen, target) = (free_port(), free_port());
+    let pair = pair(listen, target);
+    // The server listens at once but has no /ready for its first second:
+    // a port that is open before the service is ready.
+    let script = format!(
+        "cd {} || exit 1; (sleep 1; echo ok > ready) & exec python3 -m http.server {target} --bind 127.0.0.1",
+        dir.display()
+    );
+    let url = format!("http://127.0.0.1:{target}/ready");
+    let mut args = SERVE.to_vec();
+    args.extend(["-proxy", &pair, "--check-url", &url, "sh", "-c", &script]);
+    let proxy = Proxy::start(&args, 1);
+    let mut client = TcpStream::connect((Ipv4Addr::LOCALHOST, listen)).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    client
+        .write_all(b"GET /ready HTTP/1.0\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    client.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
+    let service = proxy.service();
+    let cold = service["last_cold_start_seconds"].as_f64().unwrap();
+    assert!(cold >= 1.0, "forwarded before /ready existed: {service}");
 }

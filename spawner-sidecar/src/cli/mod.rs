@@ -36,7 +36,7 @@ pub enum Command {
     /// Check that the things this pod depends on answer (TCP, HTTP, HTTPS)
     Heartbeat(heartbeat::Args),
     /// Hold listeners for services started on the first connection, stopped when idle (ynetd)
-    Proxy(proxy::Args),
+    Proxy(Box<proxy::Args>),
 }
 
 /// Parses `args` (program name first) with the file named by `--config` (or

@@ -3,10 +3,10 @@
 //! `--server` it exits 1 once a target has failed `retries + 1` checks in a
 //! row; with `--server` it keeps checking and answers `GET /` with 200 or
 //! 503 for a readiness probe. It does not restart or notify anything.
-mod check;
+pub mod check;
 mod server;
 mod state;
-mod target;
+pub mod target;
 mod tls;
 
 use std::{fmt, future::Future, net::IpAddr, process::ExitCode, sync::Arc, time::Duration};

@@ -9,7 +9,10 @@ use std::{ffi::OsString, net::IpAddr, path::PathBuf, time::Duration};
 
 use clap::Args as _;
 
-use super::{signal::Signal, spec::IdleAction};
+use super::{
+    signal::Signal,
+    spec::{CheckUrl, IdleAction, parse_check_url},
+};
 use crate::{duration::parse_duration, source::peers::PeerNet};
 
 /// Flags of `spawner-sidecar proxy`; each can also be set as
@@ -111,6 +114,11 @@ pub struct Args {
     /// With --start-command: shell command that stops the backend when idle
     #[arg(long, value_name = "SHELL", env = "SPAWNER_SIDECAR_PROXY_STOP_COMMAND")]
     pub stop_command: Option<String>,
+
+    /// Readiness also needs this http:// URL to answer 200-399 (after the target accepts)
+    #[arg(long, value_name = "URL", value_parser = parse_check_url,
+          env = "SPAWNER_SIDECAR_PROXY_CHECK_URL")]
+    pub check_url: Option<CheckUrl>,
 
     /// On SIGTERM, let established connections finish for up to this long
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration,

@@ -1,12 +1,17 @@
 //! Readiness: the service is ready when every `host:port` target accepts a
 //! TCP connection. Dials are retried from 1 ms, doubling up to 50 ms apart,
 //! so a fast service is seen within about a millisecond of opening its
-//! port and a slow one costs at most twenty dials a second.
+//! port and a slow one costs at most twenty dials a second. With a check
+//! URL, readiness also needs it to answer 200-399 (the heartbeat's check).
 use std::time::Duration;
 
 use tokio::net::TcpStream;
 
-use super::address::Target;
+use super::{address::Target, spec::CheckUrl};
+use crate::heartbeat::check::Checker;
+
+/// Limit of one HTTP readiness check.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 
 pub const FIRST_RETRY: Duration = Duration::from_millis(1);
 const MAX_RETRY: Duration = Duration::from_millis(50);
@@ -19,7 +24,7 @@ pub fn next_pause(pause: Duration) -> Duration {
 /// Resolves once every target accepts a connection (probe connections are
 /// closed at once). Cancel by dropping: the caller races it with the
 /// child's exit. `exec:` targets cannot be probed and are skipped.
-pub async fn wait(targets: &[Target]) {
+pub async fn wait(targets: &[Target], check_url: Option<&CheckUrl>) {
     for target in targets {
         let Target::Host { host, port } = target else {
             continue;
@@ -29,6 +34,14 @@ pub async fn wait(targets: &[Target]) {
             if TcpStream::connect((host.as_str(), *port)).await.is_ok() {
                 break;
             }
+            tokio::time::sleep(pause).await;
+            pause = next_pause(pause);
+        }
+    }
+    if let Some(url) = check_url {
+        let checker = Checker::new(CHECK_TIMEOUT, None);
+        let mut pause = FIRST_RETRY;
+        while checker.check(url).await.is_err() {
             tokio::time::sleep(pause).await;
             pause = next_pause(pause);
         }

@@ -15,6 +15,19 @@ use crate::{duration::parse_duration, source::peers::PeerNet};
 /// ynetd's default `timeout`: how long a client may wait for the service.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 
+pub type CheckUrl = crate::heartbeat::target::Target;
+
+/// An `http://host[:port]/path` URL for the readiness check (the
+/// heartbeat's parser and checker; `https://` would need its TLS set-up,
+/// which a check of a service we start next to us does not).
+pub fn parse_check_url(text: &str) -> Result<CheckUrl, String> {
+    let url: CheckUrl = text.parse().map_err(|e| format!("`{text}`: {e}"))?;
+    if url.scheme != crate::heartbeat::target::Scheme::Http {
+        return Err(format!("`{text}`: only http:// URLs are checked"));
+    }
+    Ok(url)
+}
+
 /// What an idle service gets after `stop_after`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum IdleAction {
@@ -59,6 +72,8 @@ pub struct ServiceSpec {
     /// elsewhere (instead of `command`), and one that stops it.
     pub start: Option<String>,
     pub stop: Option<String>,
+    /// Readiness also needs this `http://` URL to answer 200-399.
+    pub check_url: Option<CheckUrl>,
 }
 
 impl ServiceSpec {
@@ -142,6 +157,12 @@ fn from_yaml(
         min_online: duration(&label, "min_online", s.min_online.as_ref(), Duration::ZERO)?,
         admission,
         wake_on_data: s.wake_on_data,
+        check_url: s
+            .check_url
+            .as_deref()
+            .map(parse_check_url)
+            .transpose()
+            .map_err(|e| format!("{label}: check_url: {e}"))?,
         start: s.start,
         stop: s.stop,
         idle_action: match &s.idle_action {
@@ -213,6 +234,7 @@ pub fn build(args: &Args) -> Result<ProxyConfig, String> {
             admission: Admission::new(args.allow.clone(), args.deny.clone()),
             wake_on_data: args.wake_on_data,
             idle_action: args.idle_action,
+            check_url: args.check_url.clone(),
             start: args.start_command.clone(),
             stop: args.stop_command.clone(),
         });

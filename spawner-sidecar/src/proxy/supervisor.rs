@@ -107,7 +107,7 @@ pub async fn supervise(service: Arc<Service>, mut shutdown: watch::Receiver<bool
         };
         let ready = tokio::select! {
             () = async {
-                ready::wait(&targets).await;
+                ready::wait(&targets, service.spec.check_url.as_ref()).await;
                 tokio::time::sleep(service.spec.wait_after_start).await;
             } => None,
             status = process.wait() => Some(status),

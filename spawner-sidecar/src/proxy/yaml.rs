@@ -15,7 +15,7 @@
 //! is an error: a misspelt `stop_after` would otherwise leave a service
 //! running forever. Keys of ours beside ynetd's: `name` (for the status
 //! page and its URLs), `stop_timeout`, `min_online`, `allow`, `deny`,
-//! `wake_on_data`, `idle_action`, `start`, `stop`. Parsing into values only; [`super::spec`] validates.
+//! `wake_on_data`, `idle_action`, `start`, `stop`, `check_url`. Parsing into values only; [`super::spec`] validates.
 //!
 //! The crate is `serde_norway`: `serde_yaml` is deprecated (archived in
 //! 2024, RUSTSEC-2024-0320), `serde_yml` carries an unsoundness advisory
@@ -71,6 +71,8 @@ pub struct Service {
     pub start: Option<String>,
     #[serde(default)]
     pub stop: Option<String>,
+    #[serde(default)]
+    pub check_url: Option<String>,
 }
 
 /// Reads and parses `path`; the error is one line naming the file.
