@@ -2,7 +2,9 @@
 //! reports how each connection ended, and records its starts and the
 //! signals it gets, so tests can see what the proxy did to it.
 //!
-//! `echo-backend [--delay DURATION_MS] [--log FILE] [--ignore-term] PORT...`
+//! `echo-backend [--delay DURATION_MS] [--log FILE] [--listened FILE] [--ignore-term] PORT...`
+//! (`--listened`: CLOCK_MONOTONIC nanoseconds when the ports opened, for the
+//! proxy's cold-start benchmark)
 //! - listens on 127.0.0.1:PORT after `--delay` milliseconds (a slow start);
 //! - echoes; at the client's EOF writes `<eof>` and shuts down writing (so
 //!   a half-close round trip is visible); a line `RESET\n` makes it close
@@ -98,6 +100,7 @@ fn main() {
     let mut delay = Duration::ZERO;
     let mut ports = Vec::new();
     let mut ignore_term = false;
+    let mut listened = None;
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--delay" => delay = Duration::from_millis(args.next().unwrap().parse().unwrap()),
@@ -111,6 +114,7 @@ fn main() {
                 std::mem::forget(file);
             }
             "--ignore-term" => ignore_term = true,
+            "--listened" => listened = Some(args.next().unwrap()),
             port => ports.push(port.parse::<u16>().unwrap()),
         }
     }
@@ -141,6 +145,18 @@ fn main() {
             socket.into()
         })
         .collect();
+    if let Some(path) = listened {
+        // CLOCK_MONOTONIC is one clock for every process: the benchmark
+        // compares it with when its client got the first byte.
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes one timespec we own.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        let ns = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+        std::fs::write(path, ns.to_string()).unwrap();
+    }
     let threads: Vec<_> = listeners
         .into_iter()
         .map(|listener| {

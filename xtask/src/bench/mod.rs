@@ -105,6 +105,7 @@ pub struct Plan {
     proxy_round_trips: usize,
     proxy_connects: usize,
     proxy_idle: usize,
+    proxy_wakes: usize,
 }
 
 impl Plan {
@@ -131,6 +132,7 @@ impl Plan {
                 proxy_round_trips: 3_000,
                 proxy_connects: 300,
                 proxy_idle: 10_000,
+                proxy_wakes: 10,
             }
         } else {
             Plan {
@@ -154,6 +156,7 @@ impl Plan {
                 proxy_round_trips: 20_000,
                 proxy_connects: 2_000,
                 proxy_idle: 10_000,
+                proxy_wakes: 50,
             }
         }
     }
@@ -267,7 +270,8 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     }
     if wants(Section::Proxy) {
         progress!("proxy data path: direct, spawner-sidecar proxy, systemd-socket-proxyd");
-        results.proxy = Some(proxy::measure(&bin, &plan)?);
+        let backend = build_echo_backend()?;
+        results.proxy = Some(proxy::measure(&bin, &backend, &plan)?);
     }
     if wants(Section::Soak) {
         results.soak = Some(soak::measure(&bin, &plan)?);
@@ -385,6 +389,22 @@ fn build_helpers() -> anyhow::Result<(PathBuf, PathBuf)> {
         "compiling connloop.c",
     )?;
     Ok((holder, connloop))
+}
+
+/// The proxy tests' backend, for the proxy's cold-start figures.
+fn build_echo_backend() -> anyhow::Result<PathBuf> {
+    run_checked(
+        build::cargo().args([
+            "build",
+            "--release",
+            "--package",
+            "integration-tests",
+            "--bin",
+            "echo-backend",
+        ]),
+        "building echo-backend",
+    )?;
+    Ok(target_dir().join("release/echo-backend"))
 }
 
 /// A release build of xtask itself, for `xtask procfs-count` (see

@@ -41,7 +41,19 @@ pub struct Idle {
 
 const IDLE_WINDOW: Duration = Duration::from_secs(5);
 
+/// Cold starts and thaws, in milliseconds.
+pub struct Wakes {
+    pub samples: usize,
+    /// Backend's ports open -> the held client's first echoed byte.
+    pub cold_p50_ms: f64,
+    pub cold_p99_ms: f64,
+    /// Connect to a frozen service -> its first echoed byte.
+    pub thaw_p50_ms: f64,
+    pub thaw_p99_ms: f64,
+}
+
 pub struct ProxyBench {
+    pub wakes: Option<Wakes>,
     pub idle: Option<Idle>,
     pub rows: Vec<Row>,
     pub bytes: usize,
@@ -124,6 +136,89 @@ fn idle(pid: u32, via: SocketAddr, held: &TcpListener, n: usize) -> anyhow::Resu
         hwm_kb,
         rss_before_kb,
         cpu_percent: ticks as f64 / hz / IDLE_WINDOW.as_secs_f64() * 100.0,
+    })
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Connects, sends a byte, returns CLOCK_MONOTONIC when it came back.
+fn first_byte(address: SocketAddr) -> anyhow::Result<u64> {
+    let mut stream = TcpStream::connect(address)?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    stream.write_all(b"x")?;
+    let mut back = [0u8; 1];
+    stream.read_exact(&mut back)?;
+    Ok(monotonic_ns())
+}
+
+/// `n` cold starts (the backend opens its port 200 ms after it starts;
+/// stopped 100 ms after each client) and `n` thaws of a frozen one.
+fn wakes(bin: &Path, backend: &Path, n: usize) -> anyhow::Result<Wakes> {
+    let dir = super::target_dir().join("bench/proxy-wakes");
+    std::fs::create_dir_all(&dir)?;
+    let listened = dir.join("listened");
+    let mut cold = Vec::with_capacity(n);
+    let mut thaw = Vec::with_capacity(n);
+    for (freeze, out) in [(false, &mut cold), (true, &mut thaw)] {
+        let (listen, target) = (free_port()?, free_port()?);
+        let via = SocketAddr::from((Ipv4Addr::LOCALHOST, listen));
+        let mut command = Command::new(bin);
+        command
+            .arg("proxy")
+            .arg("-proxy")
+            .arg(format!("127.0.0.1:{listen} 127.0.0.1:{target}"))
+            .args(["-stop-after", "100ms"]);
+        if freeze {
+            command.args(["--idle-action", "freeze"]);
+        }
+        let child = command
+            .arg("--")
+            .arg(backend)
+            .args(["--delay", "200", "--listened"])
+            .arg(&listened)
+            .arg(target.to_string())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting spawner-sidecar proxy")?;
+        let _children = Children(vec![child]);
+        wait_listening(via)?;
+        for i in 0..=n {
+            let _ = std::fs::remove_file(&listened);
+            let asked = monotonic_ns();
+            let arrived = first_byte(via)?;
+            // The first round of the frozen service is its cold start.
+            if freeze && i > 0 {
+                out.push((arrived - asked) as f64 / 1e6);
+            } else if !freeze && i < n {
+                let opened: u64 = std::fs::read_to_string(&listened)
+                    .context("the backend did not say when it listened")?
+                    .trim()
+                    .parse()?;
+                out.push(arrived.saturating_sub(opened) as f64 / 1e6);
+            }
+            // Past stop_after, and past the stop itself.
+            std::thread::sleep(Duration::from_millis(400));
+        }
+    }
+    let cold = stats::sorted(cold);
+    let thaw = stats::sorted(thaw);
+    Ok(Wakes {
+        samples: n,
+        cold_p50_ms: stats::percentile(&cold, 0.5),
+        cold_p99_ms: stats::percentile(&cold, 0.99),
+        thaw_p50_ms: stats::percentile(&thaw, 0.5),
+        thaw_p99_ms: stats::percentile(&thaw, 0.99),
     })
 }
 
@@ -263,7 +358,7 @@ fn proxyd(target: SocketAddr) -> anyhow::Result<(Child, SocketAddr)> {
     Ok((child, address))
 }
 
-pub fn measure(bin: &Path, plan: &Plan) -> anyhow::Result<ProxyBench> {
+pub fn measure(bin: &Path, backend: &Path, plan: &Plan) -> anyhow::Result<ProxyBench> {
     let sink_at = server(sink)?;
     let echo_at = server(echo)?;
     let fd_limit = raise_fd_limit();
@@ -332,6 +427,12 @@ pub fn measure(bin: &Path, plan: &Plan) -> anyhow::Result<ProxyBench> {
     wait_listening(ours_held)?;
     progress!("proxy idle connections: {connections} through our proxy");
     let idle = Some(idle(children.0[0].id(), ours_held, &held, connections)?);
+    progress!(
+        "proxy wakes: {} cold starts, {} thaws",
+        plan.proxy_wakes,
+        plan.proxy_wakes
+    );
+    let wakes = Some(wakes(bin, backend, plan.proxy_wakes)?);
     let rows = paths
         .iter()
         .enumerate()
@@ -349,6 +450,7 @@ pub fn measure(bin: &Path, plan: &Plan) -> anyhow::Result<ProxyBench> {
         })
         .collect();
     Ok(ProxyBench {
+        wakes,
         idle,
         rows,
         bytes: plan.proxy_bytes,
@@ -449,8 +551,26 @@ pub fn report(out: &mut String, b: &ProxyBench) -> fmt::Result {
             verdict(idle.cpu_percent < 1.0)
         )?;
     }
+    if let Some(w) = &b.wakes {
+        writeln!(
+            out,
+            "| cold start: first byte ≤ 10 ms p99 after the backend's port opens ({} starts) | p50 {:.2} ms, p99 {:.2} ms | {} |",
+            w.samples,
+            w.cold_p50_ms,
+            w.cold_p99_ms,
+            verdict(w.cold_p99_ms <= 10.0)
+        )?;
+        writeln!(
+            out,
+            "| frozen service: first byte ≤ 50 ms after the client connects ({} thaws) | p50 {:.2} ms, p99 {:.2} ms | {} |",
+            w.samples,
+            w.thaw_p50_ms,
+            w.thaw_p99_ms,
+            verdict(w.thaw_p99_ms <= 50.0)
+        )?;
+    }
     writeln!(
         out,
-        "\nsystemd-socket-proxyd closes both directions when the client half-closes (a FIN from the client ends the connection before the answer comes back); our proxy passes the FIN on and keeps the other direction open (black-box test `half_close_goes_through_and_the_other_direction_stays_open`). The throughput flow therefore announces its length instead of ending with a FIN.\n\nIdle connections: as many as the descriptor limit allows up to 10 000 (each takes two descriptors in the proxy; these machines allow 20 000, so 9 900). Not measured here yet: the cold start (backend's port open -> first byte forwarded)."
+        "\nsystemd-socket-proxyd closes both directions when the client half-closes (a FIN from the client ends the connection before the answer comes back); our proxy passes the FIN on and keeps the other direction open (black-box test `half_close_goes_through_and_the_other_direction_stays_open`). The throughput flow therefore announces its length instead of ending with a FIN.\n\nIdle connections: as many as the descriptor limit allows up to 10 000 (each takes two descriptors in the proxy; these machines allow 20 000, so 9 900). Cold start: the backend (`echo-backend`, a test program) opens its port 200 ms after it starts and writes CLOCK_MONOTONIC at that moment; the figure is from then to the held client's first echoed byte (one round trip through the proxy included). Thaw: from `connect()` to the first echoed byte, the service frozen (SIGSTOP) 100 ms after the previous client left."
     )
 }
