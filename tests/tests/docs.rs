@@ -398,6 +398,8 @@ fn a_missing_or_fake_row_is_named() {
 /// cargo's and podman's in docs/deploy.md (how the image is built and run),
 /// and kubernetes-validate's.
 const OTHER_TOOLS_FLAGS: &[&str] = &[
+    // kubectl, in the proxy's start and stop command example.
+    "--replicas",
     "--quick",
     "--only",
     "--compare",
@@ -441,7 +443,8 @@ fn every_flag_the_docs_name_is_a_flag_of_the_binary() {
         .values()
         .flat_map(|h| &h.flags)
         .filter_map(|f| f.spec.split([' ', ',']).find(|w| w.starts_with("--")))
-        .map(str::to_string)
+        // `--auto-start[=<BOOL>]`: a flag whose value is optional.
+        .map(|w| w.split('[').next().unwrap_or(w).to_string())
         .chain(OTHER_TOOLS_FLAGS.iter().map(|f| f.to_string()))
         .collect();
     let mut unknown = Vec::new();
