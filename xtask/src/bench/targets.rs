@@ -205,16 +205,6 @@ pub fn report(out: &mut String, results: &Results) -> fmt::Result {
         &|v| v <= 0.0,
         None,
     )?;
-    if let Ok(s) = soak
-        && s.minutes < 30.0
-    {
-        writeln!(
-            out,
-            "\nThe soak target is stated for 30 minutes; this run soaked {}.",
-            s.minutes
-        )?;
-    }
-
     let burst = results.burst.as_ref().ok_or("burst section not run");
     row(
         out,
@@ -243,6 +233,16 @@ pub fn report(out: &mut String, results: &Results) -> fmt::Result {
         &|v| v <= 2.0,
         Some("burst"),
     )?;
+
+    if let Ok(s) = soak
+        && s.minutes < 30.0
+    {
+        writeln!(
+            out,
+            "\nThe soak target is stated for 30 minutes; this run soaked {}.",
+            s.minutes
+        )?;
+    }
 
     if !misses.is_empty() {
         writeln!(out, "\nWhy the misses, and what would close them:\n")?;
