@@ -63,26 +63,36 @@ pub async fn not_found() -> Response {
 }
 
 /// Binds `address` with a listen backlog of `net.core.somaxconn` (as read
-/// in this network namespace).
-pub fn listen(address: SocketAddr) -> io::Result<TcpListener> {
+/// in this network namespace); the unspecified IPv6 address takes IPv4
+/// clients too, whatever `net.ipv6.bindv6only` says.
+pub fn bind(address: SocketAddr) -> io::Result<std::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let backlog = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
         .ok()
         .and_then(|v| v.trim().parse().ok())
+        .filter(|&n: &i32| n > 0)
         .unwrap_or(DEFAULT_BACKLOG);
     let socket = Socket::new(
         Domain::for_address(address),
         Type::STREAM,
         Some(Protocol::TCP),
     )?;
-    // As std and tokio do: a restarted daemon can bind while the old
+    // As std and tokio do: a restarted process can bind while the old
     // one's connections linger in TIME_WAIT.
     socket.set_reuse_address(true)?;
+    if address.is_ipv6() && address.ip().is_unspecified() {
+        socket.set_only_v6(false)?;
+    }
     socket.set_nonblocking(true)?;
     socket.bind(&address.into())?;
     socket.listen(backlog)?;
     debug!(%address, backlog, "listening");
-    TcpListener::from_std(socket.into())
+    Ok(socket.into())
+}
+
+/// [`bind`], as a tokio listener.
+pub fn listen(address: SocketAddr) -> io::Result<TcpListener> {
+    TcpListener::from_std(bind(address)?)
 }
 
 /// Serves until `shutdown` resolves, then stops accepting, lets requests in

@@ -1,30 +1,16 @@
 //! Binding the listen addresses, all of them before anything starts.
 //!
-//! The backlog is the kernel's `net.core.somaxconn` (the most it allows):
-//! clients are accepted as fast as they come, but a burst of a thousand
-//! connects must not overflow the queue between two accepts.
+//! Each with `serve::bind`: the backlog is the kernel's
+//! `net.core.somaxconn` (the most it allows), so a burst of a thousand
+//! connects does not overflow the queue between two accepts.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6, ToSocketAddrs as _};
 
-use socket2::{Domain, Protocol, Socket, Type};
-
 use super::address::Listen;
-
-/// Used when /proc/sys/net/core/somaxconn cannot be read (Linux's default
-/// since 5.4).
-const FALLBACK_BACKLOG: i32 = 4096;
-
-fn backlog() -> i32 {
-    std::fs::read_to_string("/proc/sys/net/core/somaxconn")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .filter(|&n: &i32| n > 0)
-        .unwrap_or(FALLBACK_BACKLOG)
-}
 
 /// The socket addresses `listen` stands for.
 pub fn addresses(listen: &Listen) -> Result<Vec<SocketAddr>, String> {
     match listen {
-        // One dual-stack socket takes IPv4 too (see `bind_one`).
+        // One dual-stack socket takes IPv4 too (see `serve::bind`).
         Listen::Any { port } => Ok(vec![SocketAddr::new(
             IpAddr::V6(Ipv6Addr::UNSPECIFIED),
             *port,
@@ -76,34 +62,17 @@ pub fn addresses(listen: &Listen) -> Result<Vec<SocketAddr>, String> {
     }
 }
 
-fn bind_one(address: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    let socket = Socket::new(
-        Domain::for_address(address),
-        Type::STREAM,
-        Some(Protocol::TCP),
-    )?;
-    // A restarted proxy must rebind while old connections sit in TIME_WAIT.
-    socket.set_reuse_address(true)?;
-    if address.is_ipv6() && address.ip().is_unspecified() {
-        socket.set_only_v6(false)?;
-    }
-    socket.set_nonblocking(true)?;
-    socket.bind(&address.into())?;
-    socket.listen(backlog())?;
-    Ok(socket.into())
-}
-
 /// Binds every address of `listen`. `:port` falls back to IPv4 alone where
 /// the kernel has no IPv6.
 pub fn bind(listen: &Listen) -> Result<Vec<tokio::net::TcpListener>, String> {
     let mut bound = Vec::new();
     for address in addresses(listen)? {
-        let socket = match bind_one(address) {
+        let socket = match crate::serve::bind(address) {
             Err(e)
                 if matches!(listen, Listen::Any { .. })
                     && e.raw_os_error() == Some(libc::EAFNOSUPPORT) =>
             {
-                bind_one(SocketAddr::new(
+                crate::serve::bind(SocketAddr::new(
                     IpAddr::V4(Ipv4Addr::UNSPECIFIED),
                     address.port(),
                 ))
