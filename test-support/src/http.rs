@@ -169,6 +169,28 @@ impl KeepAlive {
     }
 }
 
+/// Sends `GET path` on `count` connections of their own and returns them
+/// once the daemon has accepted every one (a socket still in the accept
+/// queue has no owner in `ss -p`): requests held open, such as drains
+/// that cannot end. Panics if they are not all accepted within 30 s.
+pub fn hold_requests(port: u16, path: &str, count: usize) -> Vec<TcpStream> {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+    let held: Vec<TcpStream> = (0..count)
+        .map(|_| {
+            let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).expect("connect");
+            s.write_all(request.as_bytes()).expect("send the request");
+            s
+        })
+        .collect();
+    crate::wait::eventually(Duration::from_secs(30), || {
+        let accepted = crate::ss::accepted(port);
+        (accepted >= count)
+            .then_some(())
+            .ok_or(format!("{accepted} of {count} requests accepted"))
+    });
+    held
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use test_support::{Server, Sidecar, eventually, free_port, http, ss};
+use test_support::{Server, Sidecar, eventually, free_port, http};
 
 /// The daemon's `serve::HEADER_TIMEOUT`, and how long past it a loaded
 /// machine may take to close.
@@ -84,20 +84,7 @@ fn wait_for_idle_beyond_the_cap_is_a_503_that_says_so() {
     server.connect(1);
     let sidecar = Sidecar::start(&["--source", "sock-diag", "--monitor-port", &port.to_string()]);
     let serve = sidecar.port;
-    let mut waiters: Vec<TcpStream> = (0..CAP)
-        .map(|_| {
-            let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, serve)).unwrap();
-            s.write_all(b"GET /wait-for-idle?quiet=1s&timeout=600s HTTP/1.1\r\nHost: x\r\n\r\n")
-                .unwrap();
-            s
-        })
-        .collect();
-    eventually(Duration::from_secs(30), || {
-        let held = ss::accepted(serve);
-        (held >= CAP)
-            .then_some(())
-            .ok_or(format!("{held} waiters accepted"))
-    });
+    let mut waiters = http::hold_requests(serve, "/wait-for-idle?quiet=1s&timeout=600s", CAP);
     // Once every slot is taken, one more is refused at once, and says why.
     let (code, body) = eventually(Duration::from_secs(30), || {
         let (code, body) = http::request(serve, "GET", "/wait-for-idle?quiet=1s&timeout=1s");

@@ -4,12 +4,11 @@
 #![allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
 
 use std::{
-    io::{Read as _, Write as _},
-    net::{Ipv4Addr, TcpStream},
+    io::Read as _,
     time::{Duration, Instant},
 };
 
-use test_support::{Server, Sidecar, eventually, free_port, ss};
+use test_support::{Server, Sidecar, free_port, http};
 
 /// The daemon's deadline (`serve::SHUTDOWN_GRACE`), and what a loaded
 /// machine may add to it for starting the exit.
@@ -24,22 +23,7 @@ fn sigterm_ends_the_daemon_within_the_deadline_with_1000_drains_open() {
     server.connect(1);
     let sidecar = Sidecar::start(&["--source", "sock-diag", "--monitor-port", &port.to_string()]);
     let serve = sidecar.port;
-    let mut drains: Vec<TcpStream> = (0..1000)
-        .map(|_| {
-            let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, serve)).unwrap();
-            s.write_all(b"GET /wait-for-idle?quiet=1s&timeout=600s HTTP/1.1\r\nHost: x\r\n\r\n")
-                .unwrap();
-            s
-        })
-        .collect();
-    // All of them accepted by the daemon (a socket still in the accept
-    // queue has no owner in `ss -p`) and waiting.
-    eventually(Duration::from_secs(30), || {
-        let held = ss::accepted(serve);
-        (held >= 1000)
-            .then_some(())
-            .ok_or(format!("{held} drains accepted"))
-    });
+    let mut drains = http::hold_requests(serve, "/wait-for-idle?quiet=1s&timeout=600s", 1000);
     let signalled = Instant::now();
     let status = sidecar.stop();
     let took = signalled.elapsed();
