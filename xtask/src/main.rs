@@ -5,6 +5,7 @@ mod bench;
 mod build;
 mod image;
 mod manifests;
+mod pip;
 mod seccomp;
 mod setup;
 mod test;

@@ -12,32 +12,11 @@ use crate::build::{run_checked, workspace_root};
 const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
 
 fn ensure_kubernetes_validate() -> anyhow::Result<()> {
-    let installed = Command::new("python3")
-        .args([
-            "-c",
-            "import importlib.metadata as m, kubernetes_validate, yaml; print(m.version('kubernetes-validate'))",
-        ])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
-    if installed.as_deref() == Some(KUBERNETES_VALIDATE_VERSION) {
-        println!("[manifests] kubernetes-validate {KUBERNETES_VALIDATE_VERSION} present");
-        return Ok(());
-    }
-    let wanted = format!("kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}");
-    println!("[manifests] installing {wanted} (PyPI)");
-    run_checked(
-        Command::new("python3").args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--root-user-action=ignore",
-            &wanted,
-        ]),
-        "pip install kubernetes-validate",
+    crate::pip::ensure(
+        "manifests",
+        "kubernetes-validate",
+        KUBERNETES_VALIDATE_VERSION,
+        "kubernetes_validate, yaml",
     )
     .context("validating the manifests needs python3 with pip and PyPI")
 }

@@ -161,32 +161,11 @@ fn ensure_test_tools() -> anyhow::Result<()> {
 }
 
 fn ensure_prometheus_parser() -> anyhow::Result<()> {
-    let installed = Command::new("python3")
-        .args([
-            "-c",
-            "import importlib.metadata as m, prometheus_client.openmetrics.parser; print(m.version('prometheus-client'))",
-        ])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
-    if installed.as_deref() == Some(PROMETHEUS_CLIENT_VERSION) {
-        println!("[test] Python prometheus-client {PROMETHEUS_CLIENT_VERSION} present");
-        return Ok(());
-    }
-    let wanted = format!("prometheus-client=={PROMETHEUS_CLIENT_VERSION}");
-    println!("[test] installing {wanted} (the metrics tests' parser)");
-    run_checked(
-        Command::new("python3").args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--root-user-action=ignore",
-            &wanted,
-        ]),
-        "pip install prometheus-client",
+    crate::pip::ensure(
+        "test",
+        "prometheus-client",
+        PROMETHEUS_CLIENT_VERSION,
+        "prometheus_client.openmetrics.parser",
     )
     .context("the metrics tests need python3 with pip and PyPI")
 }
