@@ -9,6 +9,7 @@ use std::{fs, path::Path};
 const LAYERS: &[&str] = &[
     "clock",
     "lock",
+    "cgroup",
     "coalesce",
     "duration",
     "malloc",
