@@ -27,6 +27,7 @@ const LAYERS: &[&str] = &[
     "http",
     "heartbeat",
     "proxy",
+    "node",
     "cli",
 ];
 

@@ -4,13 +4,6 @@
 pub mod ebpf;
 mod failover;
 mod follow;
-#[cfg_attr(
-    not(test),
-    expect(
-        dead_code,
-        reason = "node mode (issue 13) is its caller, not wired yet"
-    )
-)]
 pub mod netns;
 pub mod peers;
 mod poller;

@@ -183,14 +183,6 @@ impl NetnsSnapshotter {
         }
     }
 
-    pub fn pid(&self) -> u32 {
-        self.pid
-    }
-
-    pub fn netns(&self) -> u32 {
-        self.netns
-    }
-
     /// Why snapshots read `/proc` instead of sock_diag, once they do.
     pub fn fallback_reason(&self) -> Option<&str> {
         self.refused.get().map(String::as_str)
@@ -621,7 +613,6 @@ mod tests {
             all_listeners: false,
         };
         let netlink = NetnsSnapshotter::new(&host, pid, ns.inode);
-        assert_eq!((netlink.pid(), netlink.netns()), (pid, ns.inode));
         // The TIME_WAIT socket appears once the client's close is through.
         let deadline = Instant::now() + Duration::from_secs(5);
         let seen = loop {
