@@ -1,7 +1,8 @@
 //! What the black-box tests (`tests/`) and the benchmarks (`xtask bench`)
 //! share: the real binary as a child process, raw HTTP to it, `ss` as the
-//! ground truth, network namespaces, real sockets, what /proc and the
-//! kernel's BPF objects say about the process, and waits with a bound.
+//! ground truth, network namespaces, pods made as a kubelet makes them,
+//! real sockets, what /proc and the kernel's BPF objects say about the
+//! process, and waits with a bound.
 //! Functions that return `Result` serve both; the others panic with a
 //! message, as a test wants.
 #![allow(
@@ -13,6 +14,7 @@ pub mod bpf;
 pub mod expect;
 pub mod http;
 pub mod netns;
+pub mod pods;
 pub mod process;
 pub mod procinfo;
 pub mod prometheus;
@@ -23,6 +25,7 @@ pub mod ss;
 pub mod wait;
 
 pub use netns::Netns;
+pub use pods::{FakePod, PodSpec};
 pub use sidecar::{Sidecar, binary, field};
 pub use sockets::{Server, free_port};
 pub use wait::{eventually, wait_until};

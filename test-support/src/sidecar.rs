@@ -115,6 +115,31 @@ impl Sidecar {
         sidecar
     }
 
+    /// Starts `spawner-sidecar node ARGS` (one tracker for every namespace
+    /// of the host) in our namespace, serving on 127.0.0.1 on a port of its
+    /// choosing, and waits until it serves; panics (with its log) if it does not.
+    pub fn start_node(args: &[&str]) -> Sidecar {
+        let mut cmd = Command::new(binary());
+        cmd.arg("node")
+            .args(["--serve-address", "127.0.0.1", "--serve-port", "0"])
+            .args(args);
+        Self::start_command(&mut cmd, Some("node:"))
+    }
+
+    /// Starts `cmd`, the binary with every argument (`--serve-port` among
+    /// them) wrapped as the caller needs (in a pod's cgroup, say), and waits
+    /// until it serves; panics (with its log) if it does not. With `echo`,
+    /// its lines other than INFO ones are printed to our stderr with that prefix.
+    pub fn start_command(cmd: &mut Command, echo: Option<&'static str>) -> Sidecar {
+        cmd.env("RUST_LOG", "info");
+        let process = Process::spawn(cmd, echo).unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+        let mut sidecar = Sidecar { process, port: 0 };
+        if let Err(e) = sidecar.wait_serving() {
+            panic!("{cmd:?} did not start: {e}");
+        }
+        sidecar
+    }
+
     pub fn pid(&self) -> u32 {
         self.process.pid()
     }

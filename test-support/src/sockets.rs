@@ -219,12 +219,17 @@ impl Drop for Holder {
     }
 }
 
-/// The `hold-connections` binary cargo builds beside the test binaries
-/// (`target/<profile>/`, the tests being in `target/<profile>/deps/`).
+/// The `hold-connections` binary cargo builds beside the test binaries.
 pub fn hold_connections_beside_tests() -> PathBuf {
+    helper_beside_tests("hold-connections")
+}
+
+/// Helper binary `name` of the tests' crate, which cargo builds beside the
+/// test binaries (`target/<profile>/`, the tests being in `target/<profile>/deps/`).
+pub fn helper_beside_tests(name: &str) -> PathBuf {
     std::env::current_exe()
         .ok()
-        .and_then(|t| Some(t.parent()?.parent()?.join("hold-connections")))
+        .and_then(|t| Some(t.parent()?.parent()?.join(name)))
         .filter(|p| p.is_file())
-        .expect("hold-connections binary next to the tests: run with `cargo xtask test`")
+        .unwrap_or_else(|| panic!("{name} binary next to the tests: run with `cargo xtask test`"))
 }
