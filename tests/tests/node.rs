@@ -330,13 +330,13 @@ fn every_pods_answer_equals_ss_with_50_pods_on_one_port_and_the_host_apart() {
         // Every field of the pod's own answer, besides who it is.
         let (_, own) = node.get(&format!("/pods/{}", pod.uid()));
         let mut fields: BTreeSet<&str> = keys(entry).into_iter().collect();
-        for key in ["pod_uid", "netns", "containers"] {
+        for key in ["pod_uid", "netns", "qos_class", "containers"] {
             fields.remove(key);
         }
         let own_fields: BTreeSet<&str> = keys(&own).into_iter().collect();
         if fields != own_fields {
             wrong.push(format!(
-                "{}: GET /pods entry has fields {fields:?} besides pod_uid, netns, containers; GET /pods/<uid> {own_fields:?}",
+                "{}: GET /pods entry has fields {fields:?} besides pod_uid, netns, qos_class, containers; GET /pods/<uid> {own_fields:?}",
                 describe(pod)
             ));
         }
