@@ -187,16 +187,13 @@ async fn healthz(State(api): State<Api>) -> Response {
 
 async fn metrics(State(api): State<Api>, headers: HeaderMap) -> Response {
     api.registry.sync(true);
-    let mut observed = Vec::new();
-    let mut min_connection_age_ns = 0;
-    for entry in api.registry.entries() {
-        min_connection_age_ns = nanos(entry.app.min_connection_age);
-        match entry.app.observe_with(Detail { starts: true }).await {
-            Ok(o) => observed.push((entry, o)),
-            Err(_) if !api.registry.source.follows(entry.netns) => {}
-            Err(e) => return unavailable(&entry.app, e),
-        }
-    }
+    let observed = match api.registry.observe_all(Detail { starts: true }).await {
+        Ok(observed) => observed,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+    };
+    let min_connection_age_ns = observed
+        .first()
+        .map_or(0, |(entry, _)| nanos(entry.app.min_connection_age));
     let sets = observed
         .iter()
         .map(|(entry, o)| {

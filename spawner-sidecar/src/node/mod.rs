@@ -120,10 +120,8 @@ async fn tick(registry: Arc<Registry>, every: Duration) {
             Err(e) => tracing::warn!("tick: refresh task failed: {e}"),
         }
         registry.sync(false);
-        for entry in registry.entries() {
-            if let Err(e) = entry.app.observe().await {
-                debug!(netns = entry.netns, "tick: {e}");
-            }
+        if let Err(e) = registry.observe_all(registry.detail()).await {
+            debug!("tick: {e}");
         }
     }
 }

@@ -15,11 +15,11 @@ use tracing::{debug, info};
 use super::view::NamespaceView;
 use crate::{
     activity::Activity,
-    app::App,
+    app::{App, Observed},
     cgroup,
     clock::boottime_ns,
     lock::lock,
-    source::{ebpf::node::NodeSource, netns::HostProc},
+    source::{Detail, ebpf::node::NodeSource, netns::HostProc},
 };
 
 /// The pod a namespace belongs to.
@@ -156,22 +156,69 @@ impl Registry {
     pub fn entries(&self) -> Vec<Entry> {
         lock(&self.known)
             .iter()
-            .map(|(&netns, k)| Entry {
-                netns,
-                app: k.app.clone(),
-                pod: k.pod.clone(),
-            })
+            .map(|(&netns, k)| entry(netns, k))
             .collect()
     }
 
     /// The namespace of pod `uid` (canonical form).
     pub fn by_pod(&self, uid: &str) -> Option<Entry> {
-        self.entries()
-            .into_iter()
-            .find(|e| e.pod.as_ref().is_some_and(|p| p.uid == uid))
+        self.find(|k| k.pod.as_ref().is_some_and(|p| p.uid == uid))
     }
 
     pub fn by_netns(&self, netns: u32) -> Option<Entry> {
-        self.entries().into_iter().find(|e| e.netns == netns)
+        let known = lock(&self.known);
+        known.get(&netns).map(|k| entry(netns, k))
+    }
+
+    /// One entry, cloned alone: an answer for one pod should not cost a
+    /// copy of a thousand.
+    fn find(&self, matches: impl Fn(&Known) -> bool) -> Option<Entry> {
+        let known = lock(&self.known);
+        known
+            .iter()
+            .find(|(_, k)| matches(k))
+            .map(|(&netns, k)| entry(netns, k))
+    }
+
+    /// Every namespace's reading recorded in its activity clock, from one
+    /// read of the source for all of them (a scrape, a tick).
+    pub async fn observe_all(&self, detail: Detail) -> Result<Vec<(Entry, Observed)>, String> {
+        let source = self.source.clone();
+        let readings = tokio::task::spawn_blocking(move || source.read_all(detail))
+            .await
+            .map_err(|e| format!("reader task failed: {e}"))?
+            .map_err(|e| e.to_string())?;
+        let now_ns = boottime_ns();
+        let mut out = Vec::new();
+        for entry in self.entries() {
+            let Some(reading) = readings.get(&entry.netns) else {
+                continue;
+            };
+            let idle = entry.app.activity.observe(reading, now_ns);
+            out.push((
+                entry,
+                Observed {
+                    reading: reading.clone(),
+                    idle,
+                    now_ns,
+                },
+            ));
+        }
+        Ok(out)
+    }
+
+    /// What the activity clocks need in a reading.
+    pub fn detail(&self) -> Detail {
+        Detail {
+            starts: !self.activity_min_age.is_zero(),
+        }
+    }
+}
+
+fn entry(netns: u32, known: &Known) -> Entry {
+    Entry {
+        netns,
+        app: known.app.clone(),
+        pod: known.pod.clone(),
     }
 }

@@ -3,7 +3,10 @@
 //! snapshots, and what the last snapshot established. The per-pod source
 //! keeps one book; node mode one per namespace, so both run the same rounds
 //! (`rounds.rs`) on the same data.
-use std::{collections::BTreeMap, time::Instant};
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
 
 use tracing::info;
 
@@ -21,6 +24,8 @@ pub struct Book {
     /// What the last snapshot established, to tell whether the next one
     /// can teach anything (see `rounds::snapshot_needed`).
     pub last_snapshot: Option<LastSnapshot>,
+    /// However quiet the ports, a snapshot at least this often.
+    pub safety_net: Duration,
 }
 
 /// What folding one snapshot into a book did.
@@ -40,6 +45,7 @@ impl Book {
             corrections: BTreeMap::new(),
             corrections_total: 0,
             last_snapshot: None,
+            safety_net: rounds::SNAPSHOT_AT_LEAST_EVERY,
         }
     }
 
@@ -71,6 +77,7 @@ impl Book {
         rounds::snapshot_needed(
             self.last_snapshot.as_ref(),
             now,
+            self.safety_net,
             listeners_lost,
             &self.corrections,
             events,

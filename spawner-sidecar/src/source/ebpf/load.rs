@@ -73,6 +73,16 @@ impl Program {
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
+
+    /// Runs the kernel skipped because the program was already running on
+    /// that CPU (`recursion_misses` in its fdinfo; aya does not expose it).
+    pub fn recursion_misses(&self) -> Option<u64> {
+        let fd = self.fd.as_raw_fd();
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("recursion_misses:"))
+            .and_then(|v| v.trim().parse().ok())
+    }
 }
 
 /// The attached program and the maps the daemon uses.

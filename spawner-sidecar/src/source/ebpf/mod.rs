@@ -23,7 +23,6 @@ mod slots;
 
 use std::{
     collections::BTreeMap,
-    os::fd::AsRawFd as _,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -278,15 +277,9 @@ impl EbpfSource {
         Some(values.iter().sum())
     }
 
-    /// `recursion_misses` of our program, from its fd's fdinfo (aya does
-    /// not expose it).
+    /// Runs the kernel skipped (`recursion_misses`).
     fn missed_runs(&self) -> Option<u64> {
-        let program = lock(&self.program);
-        let fd = program.as_ref()?.fd().as_raw_fd();
-        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
-        info.lines()
-            .find_map(|l| l.strip_prefix("recursion_misses:"))
-            .and_then(|v| v.trim().parse().ok())
+        lock(&self.program).as_ref()?.recursion_misses()
     }
 }
 

@@ -46,6 +46,13 @@ use crate::{
 
 /// How long start-up waits for one quiet snapshot per namespace.
 const SEED_DEADLINE: Duration = Duration::from_secs(2);
+/// However quiet a namespace, a snapshot at least this often (plus up to a
+/// minute, by namespace, so they do not all come due in one tick). The
+/// per-pod source's minute would cost every namespace a snapshot a minute
+/// (~2.5 ms each: the kernel walks its host-wide TCP table for one
+/// namespace's sockets); here the net is also pulled whenever the kernel
+/// skipped a run (`recursion_misses`), which is what it is there for.
+const SAFETY_NET: Duration = Duration::from_secs(600);
 
 /// What node mode needs on top of the per-pod source's options.
 #[derive(Clone, Debug)]
@@ -291,6 +298,7 @@ impl NodeSource {
             let follow = Follow::new(source.ports.clone(), source.all_ports, excluded)
                 .capped_at(self.options.limits.max_ports_per_namespace as usize);
             let mut book = Book::new(follow);
+            book.safety_net = SAFETY_NET + Duration::from_secs(u64::from(netns % 60));
             for &port in &source.ports {
                 book.track(port);
             }
@@ -447,6 +455,31 @@ impl NodeSource {
         Ok(Some(reading))
     }
 
+    /// Every followed namespace's ports, with one read of the
+    /// per-connection map for all of them (a scrape of the whole node).
+    pub fn read_all(&self, detail: Detail) -> Result<BTreeMap<u32, Reading>, SourceError> {
+        let mut state = lock(&self.state);
+        self.drain_reports(&mut state);
+        let tracked = if detail.starts {
+            Some(connection_ages::read(&state.maps.sockets)?)
+        } else {
+            None
+        };
+        let mut out = BTreeMap::new();
+        for (&netns, namespace) in &state.namespaces {
+            let events = Self::event_counts(&state.maps, netns, &namespace.book.follow.ports())?;
+            let mut reading = namespace.book.current(&events);
+            if let Some(tracked) = &tracked {
+                let mut starts = connection_ages::starts_by_port(tracked, netns);
+                for (port, r) in reading.iter_mut() {
+                    r.starts = Some(starts.remove(port).unwrap_or_default());
+                }
+            }
+            out.insert(netns, reading);
+        }
+        Ok(out)
+    }
+
     /// The periodic work for every namespace: who is gone, who is new,
     /// snapshots where they can teach something.
     pub fn refresh(&self) -> Result<(), SourceError> {
@@ -511,6 +544,10 @@ impl NodeSource {
                     None => self.forget(&mut state, netns),
                 }
             }
+            // A namespace's book, maps and strings went back to the
+            // allocator: hand what is free back to the kernel, so a node
+            // where pods come and go stays at its size.
+            crate::malloc::release_freed();
         }
         Ok(state
             .namespaces
@@ -568,7 +605,7 @@ impl NodeSource {
             };
             let ports = namespace.book.follow.ports();
             let before = Self::event_counts(&state.maps, netns, &ports)?;
-            let lost = Self::stat(&state.maps, STAT_LISTENERS_LOST);
+            let lost = self.lost(&state.maps);
             if !namespace.book.snapshot_needed(Instant::now(), lost, &before) {
                 return Ok(());
             }
@@ -598,7 +635,7 @@ impl NodeSource {
                 r.young_time_wait = young.get(port).copied().unwrap_or(0);
             }
         }
-        let lost = Self::stat(&state.maps, STAT_LISTENERS_LOST).unwrap_or(0);
+        let lost = self.lost(&state.maps).unwrap_or(0);
         let listening = snapshot::listening_ports(&sockets);
         let folded = namespace
             .book
@@ -684,18 +721,28 @@ impl NodeSource {
         Ok(())
     }
 
+    /// What the kernel could not tell us: key reports lost and runs skipped.
+    /// A change in it makes every namespace take a snapshot.
+    fn lost(&self, maps: &Maps) -> Option<u64> {
+        let missed = lock(&self.program).as_ref()?.recursion_misses()?;
+        Some(Self::stat(maps, STAT_LISTENERS_LOST)? + missed)
+    }
+
     fn stat(maps: &Maps, index: u32) -> Option<u64> {
         let values = maps.stats.get(&index, 0).ok()?;
         Some(values.iter().sum())
     }
 
     pub fn health(&self) -> (SourceHealth, NodeHealth) {
+        let missed = lock(&self.program)
+            .as_ref()
+            .and_then(load::Program::recursion_misses);
         let state = lock(&self.state);
         let maps = &state.maps;
         let stat = |i| Self::stat(maps, i).unwrap_or(0);
         let source = SourceHealth {
             kernel_events: Self::stat(maps, STAT_EVENTS),
-            kernel_missed_events: None,
+            kernel_missed_events: missed,
             untracked_connections: Self::stat(maps, STAT_SOCKETS_FULL),
             lost_listener_reports: Self::stat(maps, STAT_LISTENERS_LOST),
             corrections: state

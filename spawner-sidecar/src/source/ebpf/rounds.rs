@@ -38,6 +38,7 @@ pub struct LastSnapshot {
 pub fn snapshot_needed(
     last: Option<&LastSnapshot>,
     now: Instant,
+    at_least_every: Duration,
     listeners_lost: Option<u64>,
     corrections: &BTreeMap<u16, Correction>,
     events: &BTreeMap<u16, EventCounts>,
@@ -45,7 +46,7 @@ pub fn snapshot_needed(
     let Some(last) = last else {
         return true;
     };
-    if now.saturating_duration_since(last.at) >= SNAPSHOT_AT_LEAST_EVERY
+    if now.saturating_duration_since(last.at) >= at_least_every
         || listeners_lost != Some(last.listeners_lost)
     {
         return true;
@@ -169,7 +170,7 @@ mod tests {
         after: &BTreeMap<u16, EventCounts>,
     ) -> bool {
         let (corrections, last) = state;
-        if !snapshot_needed(last.as_ref(), now, Some(0), corrections, before) {
+        if !snapshot_needed(last.as_ref(), now, SNAPSHOT_AT_LEAST_EVERY, Some(0), corrections, before) {
             return false;
         }
         let folded = fold_snapshot(corrections, before, counted, after);
@@ -182,6 +183,7 @@ mod tests {
         assert!(snapshot_needed(
             None,
             Instant::now(),
+            SNAPSHOT_AT_LEAST_EVERY,
             Some(0),
             &followed(),
             &events(0, 0)
@@ -228,6 +230,7 @@ mod tests {
         assert!(!snapshot_needed(
             last.as_ref(),
             t0,
+            SNAPSHOT_AT_LEAST_EVERY,
             Some(0),
             corrections,
             &quiet
@@ -235,6 +238,7 @@ mod tests {
         assert!(snapshot_needed(
             last.as_ref(),
             t0,
+            SNAPSHOT_AT_LEAST_EVERY,
             Some(0),
             corrections,
             &events(0, 3)
@@ -275,6 +279,7 @@ mod tests {
                 0
             )),
             Instant::now(),
+            SNAPSHOT_AT_LEAST_EVERY,
             Some(0),
             &corrections,
             &events(1, 2)
@@ -301,11 +306,11 @@ mod tests {
         round(&mut state, t0, &quiet, &snapshot(0, 0), &quiet);
         let (corrections, last) = &state;
         let last = last.as_ref();
-        assert!(!snapshot_needed(last, t0, Some(0), corrections, &quiet));
-        assert!(snapshot_needed(last, t0, Some(1), corrections, &quiet));
-        assert!(snapshot_needed(last, t0, None, corrections, &quiet));
+        assert!(!snapshot_needed(last, t0, SNAPSHOT_AT_LEAST_EVERY, Some(0), corrections, &quiet));
+        assert!(snapshot_needed(last, t0, SNAPSHOT_AT_LEAST_EVERY, Some(1), corrections, &quiet));
+        assert!(snapshot_needed(last, t0, SNAPSHOT_AT_LEAST_EVERY, None, corrections, &quiet));
         let later = t0 + SNAPSHOT_AT_LEAST_EVERY;
-        assert!(snapshot_needed(last, later, Some(0), corrections, &quiet));
+        assert!(snapshot_needed(last, later, SNAPSHOT_AT_LEAST_EVERY, Some(0), corrections, &quiet));
     }
 
     #[test]
