@@ -45,7 +45,32 @@ pub const STAT_READ_ERRORS: u32 = 3;
 pub const STAT_SOCKETS_FULL: u32 = 4;
 /// A new listener could not be reported (ring buffer full).
 pub const STAT_LISTENERS_LOST: u32 = 5;
-pub const STAT_ENTRIES: u32 = 6;
+/// Node mode: a namespace could not be followed (`--max-namespaces`).
+pub const STAT_NODE_NETNS_FULL: u32 = 6;
+/// Node mode: a port of a namespace could not be followed
+/// (`--max-ports-per-namespace`).
+pub const STAT_NODE_PORTS_FULL: u32 = 7;
+/// Node mode: the (namespace, port) map had no room left.
+pub const STAT_NODE_KEYS_FULL: u32 = 8;
+pub const STAT_ENTRIES: u32 = 9;
+
+/// Node mode, `PORT_SLOTS` bits: the port is followed in every namespace
+/// (`--monitor-port`), so its first transition in a namespace makes a key.
+pub const NODE_PORT_FOLLOWED: u32 = 1;
+/// Node mode, `PORT_SLOTS` bits: some namespace has a key for this port,
+/// so its transitions need a look in `NODE_COUNTS`.
+pub const NODE_PORT_KEYED: u32 = 2;
+
+/// Node mode: the key of `NODE_COUNTS`, and what the program reports in
+/// `LISTENERS` for each key it makes (as `netns << 32 | port`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NetnsPort {
+    /// The network namespace's inode number.
+    pub netns: u32,
+    /// The local port (a u32 so the key has no padding).
+    pub port: u32,
+}
 
 /// `TrackerConfig::flags`: peers in `IGNORED_PEERS` are left out.
 pub const FLAG_IGNORE_PEERS: u32 = 1;
@@ -97,6 +122,9 @@ pub struct TrackerConfig {
     /// Connections that close younger than this are not activity
     /// (`--activity-min-age`); 0 makes every connection activity.
     pub activity_min_age_ns: u64,
+    /// Node mode: keys one namespace may have (`--max-ports-per-namespace`).
+    pub max_ports_per_netns: u32,
+    pub _reserved: u32,
 }
 
 /// Event-fed counts for one followed port, kept per CPU: a socket may enter
@@ -136,7 +164,9 @@ pub struct SocketRecord {
     pub port: u16,
     /// `AF_INET` or `AF_INET6`.
     pub family: u16,
-    pub _reserved: u32,
+    /// The socket's network namespace (inode number): node mode keeps every
+    /// namespace's connections in one map.
+    pub netns: u32,
 }
 
 /// `IGNORED_PEERS` key data after the LPM trie's prefix length: a tag word
@@ -184,6 +214,8 @@ mod pod {
     unsafe impl aya::Pod for super::SocketRecord {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SelfTestRecord {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::NetnsPort {}
 }
 
 #[cfg(test)]
@@ -194,7 +226,7 @@ mod tests {
 
     #[test]
     fn tracker_config_layout_is_pinned() {
-        assert_eq!(size_of::<TrackerConfig>(), 56);
+        assert_eq!(size_of::<TrackerConfig>(), 64);
         assert_eq!(offset_of!(TrackerConfig, off_num), 0);
         assert_eq!(offset_of!(TrackerConfig, off_sport), 4);
         assert_eq!(offset_of!(TrackerConfig, off_sk_family), 8);
@@ -208,6 +240,14 @@ mod tests {
         assert_eq!(offset_of!(TrackerConfig, flags), 40);
         assert_eq!(offset_of!(TrackerConfig, off_cookie), 44);
         assert_eq!(offset_of!(TrackerConfig, activity_min_age_ns), 48);
+        assert_eq!(offset_of!(TrackerConfig, max_ports_per_netns), 56);
+    }
+
+    #[test]
+    fn netns_port_layout_is_pinned() {
+        assert_eq!(size_of::<NetnsPort>(), 8);
+        assert_eq!(offset_of!(NetnsPort, netns), 0);
+        assert_eq!(offset_of!(NetnsPort, port), 4);
     }
 
     #[test]
@@ -229,6 +269,7 @@ mod tests {
         assert_eq!(offset_of!(SocketRecord, start_ns), 0);
         assert_eq!(offset_of!(SocketRecord, port), 8);
         assert_eq!(offset_of!(SocketRecord, family), 10);
+        assert_eq!(offset_of!(SocketRecord, netns), 12);
     }
 
     #[test]

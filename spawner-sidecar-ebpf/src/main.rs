@@ -25,16 +25,20 @@ use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_get_socket_cookie, bpf_ktime_get_boot_ns, bpf_probe_read_kernel},
     macros::{btf_tracepoint, map},
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{
+        Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key,
+    },
     programs::BtfTracePointContext,
 };
 use aya_log_ebpf::{debug, warn};
 use spawner_sidecar_common::{
     AF_INET, DEFAULT_MAX_SOCKETS, FLAG_ALL_PORTS, FLAG_IGNORE_PEERS, IPPROTO_TCP,
-    LISTENER_RING_BYTES, MAX_IGNORED_PEERS, MAX_PORTS, PEER_TAG_V4, PEER_TAG_V6, PORT_SLOT_ENTRIES,
-    PeerData, PortCounts, SELFTEST_SLOT, STAT_ENTRIES, STAT_EVENTS, STAT_LISTENERS_LOST,
-    STAT_NOT_TCP, STAT_OTHER_NETNS, STAT_READ_ERRORS, STAT_SOCKETS_FULL, SelfTestRecord,
-    SocketRecord, TCP_CLOSE, TCP_ESTABLISHED, TCP_LISTEN, TrackerConfig, YOUNG_CLOSED_ENTRIES,
+    LISTENER_RING_BYTES, MAX_IGNORED_PEERS, MAX_PORTS, NODE_PORT_FOLLOWED, NODE_PORT_KEYED,
+    NetnsPort, PEER_TAG_V4, PEER_TAG_V6, PORT_SLOT_ENTRIES, PeerData, PortCounts, SELFTEST_SLOT,
+    STAT_ENTRIES, STAT_EVENTS, STAT_LISTENERS_LOST, STAT_NODE_KEYS_FULL, STAT_NODE_NETNS_FULL,
+    STAT_NODE_PORTS_FULL, STAT_NOT_TCP, STAT_OTHER_NETNS, STAT_READ_ERRORS, STAT_SOCKETS_FULL,
+    SelfTestRecord, SocketRecord, TCP_CLOSE, TCP_ESTABLISHED, TCP_LISTEN, TrackerConfig,
+    YOUNG_CLOSED_ENTRIES,
 };
 
 /// Offsets and filters, set by the loader (`EbpfLoader::override_global`).
@@ -53,6 +57,8 @@ static CONFIG: TrackerConfig = TrackerConfig {
     flags: 0,
     off_cookie: 0,
     activity_min_age_ns: 0,
+    max_ports_per_netns: 0,
+    _reserved: 0,
 };
 
 /// Local port -> slot in `PORT_COUNTS` plus one; 0 means "not followed",
@@ -93,6 +99,19 @@ static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_ENTRIES, 0);
 /// What the program read for the last sockets on the self-test port.
 #[map]
 static SELFTEST: Array<SelfTestRecord> = Array::with_max_entries(2, 0);
+
+/// Node mode (`track_tcp_state_node`): per-CPU counts keyed by namespace
+/// and port. Preallocated (the loader sizes it: namespaces x ports per
+/// namespace; one entry in the per-pod mode), so creating a key never
+/// allocates on the TCP path; a full map refuses the key, which is counted.
+#[map]
+static NODE_COUNTS: PerCpuHashMap<NetnsPort, PortCounts> = PerCpuHashMap::with_max_entries(1, 0);
+
+/// Node mode: keys each namespace has in `NODE_COUNTS`, which bounds both
+/// the namespaces (this map's size) and the ports of each. A u64 because
+/// the BPF target's atomics are 64-bit.
+#[map]
+static NODE_NETNS: HashMap<u32, u64> = HashMap::with_max_entries(1, 0);
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn track_tcp_state(ctx: BtfTracePointContext) -> i32 {
@@ -171,6 +190,18 @@ fn log_listener_lost(ctx: &BtfTracePointContext, port: u16, seen: u64) {
     );
 }
 
+#[inline(never)]
+fn log_node_full(ctx: &BtfTracePointContext, what: &str, netns: u32, port: u32, seen: u64) {
+    warn!(
+        ctx,
+        "node mode: no room for more {} (namespace {} port {} not counted; {} times on this CPU)",
+        what,
+        netns,
+        port,
+        seen
+    );
+}
+
 /// Whether the `seen`-th occurrence of a rare event on this CPU gets a log
 /// line: the powers of two, so a flood writes a few lines, not one each.
 fn worth_logging(seen: u64) -> bool {
@@ -206,6 +237,7 @@ struct Identity {
     family: u16,
 }
 
+#[inline(always)]
 fn identity(sk: *const u8, cfg: &TrackerConfig) -> Identity {
     // SAFETY: sk is the tracepoint's BTF-typed socket; offsets from BTF.
     unsafe {
@@ -222,6 +254,22 @@ fn identity(sk: *const u8, cfg: &TrackerConfig) -> Identity {
     }
 }
 
+/// The socket's local port, and `skc_num` as read (0 when the kernel has
+/// already zeroed it). Inlined, like `identity`: as a function of its own
+/// the verifier would see `cfg`'s offsets as unknown values, not the
+/// constants the loader froze, and refuse the socket loads.
+#[inline(always)]
+fn local_port(sk: *const u8, cfg: &TrackerConfig) -> Result<(u16, u16), i32> {
+    // SAFETY: sk is the tracepoint's socket argument.
+    let num: u16 = unsafe { load(sk, cfg.off_num) };
+    if num != 0 {
+        return Ok((num, num));
+    }
+    // SAFETY: as above; inet_sport survives inet_put_port().
+    let sport = u16::from_be(unsafe { probe::<u16>(sk, cfg.off_sport)? });
+    Ok((num, sport))
+}
+
 fn try_track_tcp_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
     bump(STAT_EVENTS);
     let cfg = config();
@@ -231,14 +279,7 @@ fn try_track_tcp_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
 
     // The port first: on a busy node most transitions are on ports nobody
     // follows, and they should cost one load and one array lookup.
-    // SAFETY: sk is the tracepoint's socket argument.
-    let num: u16 = unsafe { load(sk, cfg.off_num) };
-    let port = if num != 0 {
-        num
-    } else {
-        // SAFETY: as above; inet_sport survives inet_put_port().
-        u16::from_be(unsafe { probe::<u16>(sk, cfg.off_sport)? })
-    };
+    let (num, port) = local_port(sk, &cfg)?;
     let slot = match PORT_SLOTS.get(u32::from(port)) {
         Some(&slot) => slot,
         None => return Ok(()),
@@ -267,7 +308,166 @@ fn try_track_tcp_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
         return Err(-1);
     };
     // SAFETY: a valid per-CPU slot; no nested run on this CPU (see `bump`).
-    let counts = unsafe { &mut *counts };
+    count(ctx, sk, &cfg, &id, unsafe { &mut *counts }, port, oldstate, newstate);
+    Ok(())
+}
+
+/// Node mode: every namespace of the host, counted under (namespace, port).
+/// `PORT_SLOTS` holds `NODE_PORT_*` bits here, not slots: whether the port
+/// is followed in every namespace, and whether some namespace has a key for
+/// it, so that transitions on other ports cost what they cost per pod.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn track_tcp_state_node(ctx: BtfTracePointContext) -> i32 {
+    if let Err(error) = try_track_node(&ctx) {
+        let seen = bump(STAT_READ_ERRORS);
+        if worth_logging(seen) {
+            log_read_error(&ctx, error, seen);
+        }
+    }
+    0
+}
+
+fn try_track_node(ctx: &BtfTracePointContext) -> Result<(), i32> {
+    bump(STAT_EVENTS);
+    let cfg = config();
+    let sk: *const u8 = ctx.arg(0);
+    let oldstate: i32 = ctx.arg(1);
+    let newstate: i32 = ctx.arg(2);
+
+    let (num, port) = local_port(sk, &cfg)?;
+    let bits = match PORT_SLOTS.get(u32::from(port)) {
+        Some(&bits) => bits,
+        None => return Ok(()),
+    };
+    // --all-ports: a new listener anywhere starts a key of its own, so its
+    // namespace's counts are exact from its first event.
+    let new_listener = cfg.flags & FLAG_ALL_PORTS != 0 && newstate == TCP_LISTEN && port != 0;
+    if bits == 0 && !new_listener {
+        return Ok(());
+    }
+    let id = identity(sk, &cfg);
+    if bits == SELFTEST_SLOT {
+        record_selftest(ctx, sk, &cfg, &id, num);
+        return Ok(());
+    }
+    if id.protocol != IPPROTO_TCP {
+        bump(STAT_NOT_TCP);
+        return Ok(());
+    }
+    let key = NetnsPort {
+        netns: id.netns,
+        port: u32::from(port),
+    };
+    let counts = match NODE_COUNTS.get_ptr_mut(key) {
+        Some(counts) => counts,
+        None if bits & NODE_PORT_FOLLOWED != 0 || new_listener => {
+            match create_key(ctx, key.netns, key.port, cfg.max_ports_per_netns) {
+                Some(counts) => counts,
+                None => return Ok(()),
+            }
+        }
+        None => return Ok(()),
+    };
+    // SAFETY: the per-CPU value of a live key; no nested run on this CPU.
+    // The daemon deletes keys only of namespaces that are gone or ports with
+    // no socket left, so no transition is expected to race the delete; one
+    // that did would land in a recycled element, an error the next snapshot
+    // of that namespace corrects.
+    count(ctx, sk, &cfg, &id, unsafe { &mut *counts }, port, oldstate, newstate);
+    Ok(())
+}
+
+/// Starts counting `key`: within the namespace cap and the ports-per-
+/// namespace cap, marks its port as keyed and tells the daemon. `None` when
+/// it does not fit (counted in `STATS` and logged, never an error: the
+/// transition goes on, uncounted, and the daemon's snapshots see it).
+/// Out of line (the rare path), so it takes plain values, not pointers
+/// into the caller's stack.
+#[inline(never)]
+fn create_key(
+    ctx: &BtfTracePointContext,
+    netns: u32,
+    port: u32,
+    max_ports: u32,
+) -> Option<*mut PortCounts> {
+    let key = &NetnsPort { netns, port };
+    let keys = match NODE_NETNS.get_ptr_mut(key.netns) {
+        Some(keys) => keys,
+        None => {
+            // Another CPU may create it at the same moment: look again
+            // before calling the map full.
+            let _ = NODE_NETNS.insert(key.netns, 0, u64::from(BPF_NOEXIST));
+            match NODE_NETNS.get_ptr_mut(key.netns) {
+                Some(keys) => keys,
+                None => {
+                    let seen = bump(STAT_NODE_NETNS_FULL);
+                    if worth_logging(seen) {
+                        log_node_full(ctx, "namespaces", key.netns, key.port, seen);
+                    }
+                    return None;
+                }
+            }
+        }
+    };
+    // SAFETY: a live entry of NODE_NETNS; races only on the count itself,
+    // which is a bound, and the daemon rewrites it when it drops keys.
+    if unsafe { *keys } >= u64::from(max_ports) {
+        let seen = bump(STAT_NODE_PORTS_FULL);
+        if worth_logging(seen) {
+            log_node_full(ctx, "ports of a namespace", key.netns, key.port, seen);
+        }
+        return None;
+    }
+    if NODE_COUNTS
+        .insert(key, PortCounts::default(), u64::from(BPF_NOEXIST))
+        .is_ok()
+    {
+        // SAFETY: as above. Not atomic (Rust's BPF target has no atomic
+        // read-modify-write): two CPUs making keys of one namespace in the
+        // same instant may add one, so the cap can be passed by a few keys,
+        // never by more than the CPUs; the daemon rewrites the count from
+        // the keys it knows every refresh.
+        unsafe { *keys += 1 };
+        if let Some(bits) = PORT_SLOTS.get_ptr_mut(key.port) {
+            // SAFETY: a valid array slot; the daemon only clears this bit
+            // for a port without keys, and re-reads the reports after.
+            unsafe { *bits |= NODE_PORT_KEYED };
+        }
+        let report = (u64::from(key.netns) << 32) | u64::from(key.port);
+        if LISTENERS.output::<u64>(report, 0).is_err() {
+            let seen = bump(STAT_LISTENERS_LOST);
+            if worth_logging(seen) {
+                log_listener_lost(ctx, key.port as u16, seen);
+            }
+        }
+    }
+    match NODE_COUNTS.get_ptr_mut(key) {
+        Some(counts) => Some(counts),
+        None => {
+            let seen = bump(STAT_NODE_KEYS_FULL);
+            if worth_logging(seen) {
+                log_node_full(ctx, "keys", key.netns, key.port, seen);
+            }
+            None
+        }
+    }
+}
+
+/// What one transition of a followed socket changes in its port's counts
+/// (both modes). Always inlined: a BPF call takes at most five arguments,
+/// and the per-event path should not pay for a call anyway.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn count(
+    ctx: &BtfTracePointContext,
+    sk: *const u8,
+    cfg: &TrackerConfig,
+    id: &Identity,
+    counts: &mut PortCounts,
+    port: u16,
+    oldstate: i32,
+    newstate: i32,
+) {
     counts.transitions += 1;
     if newstate == TCP_LISTEN {
         counts.listening += 1;
@@ -281,11 +481,11 @@ fn try_track_tcp_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
     }
     let entering = newstate == TCP_ESTABLISHED;
     if !entering && oldstate != TCP_ESTABLISHED {
-        return Ok(());
+        return;
     }
-    if cfg.flags & FLAG_IGNORE_PEERS != 0 && peer_ignored(sk, &cfg, id.family) {
+    if cfg.flags & FLAG_IGNORE_PEERS != 0 && peer_ignored(sk, cfg, id.family) {
         counts.ignored += if entering { 1 } else { -1 };
-        return Ok(());
+        return;
     }
     // SAFETY: a plain helper call.
     let now = unsafe { bpf_ktime_get_boot_ns() };
@@ -299,7 +499,7 @@ fn try_track_tcp_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
             start_ns: now,
             port,
             family: id.family,
-            _reserved: 0,
+            netns: id.netns,
         };
         if SOCKETS
             .insert(cookie, record, u64::from(BPF_NOEXIST))
@@ -347,11 +547,11 @@ fn try_track_tcp_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
     } else {
         counts.established_v6 += delta;
     }
-    Ok(())
 }
 
 /// Whether the peer address is in `IGNORED_PEERS`. An IPv4-mapped IPv6 peer
 /// (`::ffff:a.b.c.d`) is looked up as the IPv4 address it is.
+#[inline(always)]
 fn peer_ignored(sk: *const u8, cfg: &TrackerConfig, family: u16) -> bool {
     let mut data: PeerData = [PEER_TAG_V4, 0, 0, 0, 0];
     let prefix = if family == AF_INET {
@@ -393,6 +593,8 @@ fn report_listener(ctx: &BtfTracePointContext, sk: *const u8, cfg: &TrackerConfi
     }
 }
 
+/// Inlined in both programs for the reason `local_port` is.
+#[inline(always)]
 fn record_selftest(
     ctx: &BtfTracePointContext,
     sk: *const u8,

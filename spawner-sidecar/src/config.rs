@@ -67,13 +67,11 @@ impl WatchArgs {
     }
 }
 
-/// The daemon's flags.
+/// How to follow, serve and judge: the daemon's flags that node mode
+/// shares.
 #[derive(Debug, Clone, clap::Args)]
-pub struct Config {
-    #[command(flatten)]
-    pub watch: WatchArgs,
-
-    /// Also follow every port that has a LISTEN socket in this network namespace
+pub struct TrackArgs {
+    /// Also follow every port that has a LISTEN socket in this network namespace (node mode: in every one)
     #[arg(long, env = "SPAWNER_SIDECAR_ALL_PORTS")]
     pub all_ports: bool,
 
@@ -115,6 +113,33 @@ pub struct Config {
           default_value_t = DEFAULT_MAX_SOCKETS,
           value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
     pub max_tracked_connections: u32,
+
+}
+
+impl TrackArgs {
+    pub fn refresh(&self) -> Duration {
+        Duration::from_secs(self.refresh_rate_seconds)
+    }
+
+    /// The source options of `watch` with these settings.
+    pub fn source_options(&self, watch: &WatchArgs) -> SourceOptions {
+        SourceOptions {
+            all_ports: self.all_ports,
+            activity_min_age: self.activity_min_age,
+            max_tracked_connections: self.max_tracked_connections,
+            ..watch.source_options()
+        }
+    }
+}
+
+/// The daemon's flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    #[command(flatten)]
+    pub watch: WatchArgs,
+
+    #[command(flatten)]
+    pub track: TrackArgs,
 
     /// Run --on-idle once the ports have been idle this long
     #[arg(long, value_name = "DURATION", env = "SPAWNER_SIDECAR_IDLE_AFTER", value_parser = parse_duration)]
@@ -163,15 +188,10 @@ impl Config {
     }
 
     pub fn refresh(&self) -> Duration {
-        Duration::from_secs(self.refresh_rate_seconds)
+        self.track.refresh()
     }
 
     pub fn source_options(&self) -> SourceOptions {
-        SourceOptions {
-            all_ports: self.all_ports,
-            activity_min_age: self.activity_min_age,
-            max_tracked_connections: self.max_tracked_connections,
-            ..self.watch.source_options()
-        }
+        self.track.source_options(&self.watch)
     }
 }

@@ -58,7 +58,7 @@ pub fn router(app: Arc<App>) -> Router {
         })
 }
 
-fn unavailable(app: &App, error: String) -> Response {
+pub fn unavailable(app: &App, error: String) -> Response {
     (
         StatusCode::SERVICE_UNAVAILABLE,
         Json(json!({ "error": error, "source": app.source_name() })),
@@ -97,19 +97,27 @@ async fn metrics(State(app): State<AppState>, headers: HeaderMap) -> Response {
         Err(error) => return unavailable(&app, error),
     };
     let scrape = metrics::Scrape {
-        reading: &observed.reading,
-        idle: &observed.idle,
+        sets: vec![metrics::PortSet {
+            labels: Vec::new(),
+            reading: &observed.reading,
+            idle: &observed.idle,
+        }],
         now_ns: observed.now_ns,
         min_connection_age_ns: nanos(app.min_connection_age),
         source: app.source_name(),
         health: app.health().await,
         source_errors: app.source_errors(),
         hook_runs: app.hook_runs(),
+        node: None,
     };
-    let text = match metrics::render(&scrape) {
-        Ok(text) => text,
-        Err(_) => return unavailable(&app, "encoding metrics failed".into()),
-    };
+    match metrics::render(&scrape) {
+        Ok(text) => metrics_response(text, &headers),
+        Err(_) => unavailable(&app, "encoding metrics failed".into()),
+    }
+}
+
+/// OpenMetrics text as the scraper asked for it (its `Accept` header).
+pub fn metrics_response(text: String, headers: &HeaderMap) -> Response {
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     if metrics::wants_openmetrics(accept) {
         ([(header::CONTENT_TYPE, metrics::OPENMETRICS_TYPE)], text).into_response()
@@ -122,7 +130,7 @@ async fn metrics(State(app): State<AppState>, headers: HeaderMap) -> Response {
     }
 }
 
-fn query_duration(
+pub fn query_duration(
     query: &HashMap<String, String>,
     key: &str,
     default: Duration,
@@ -138,25 +146,40 @@ fn query_duration(
 /// with the final state once quiet, 503 with the state at the timeout, 400
 /// on a bad parameter.
 async fn wait_for_idle(
-    State(app): State<AppState>,
+    State(api): State<AppState>,
     Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    drain_response(&api.app, &api.waiters, &query, &[]).await
+}
+
+/// `/wait-for-idle` on `app`: the parameters `quiet`, `timeout` and the
+/// `extra` ones the caller took already (node mode's `pod`), a place among
+/// the `waiters`, then the drain.
+pub async fn drain_response(
+    app: &App,
+    waiters: &Arc<Semaphore>,
+    query: &HashMap<String, String>,
+    extra: &[&str],
 ) -> Response {
     if let Some(unknown) = query
         .keys()
-        .find(|k| !matches!(k.as_str(), "quiet" | "timeout"))
+        .find(|k| !matches!(k.as_str(), "quiet" | "timeout") && !extra.contains(&k.as_str()))
     {
+        let mut known = vec!["quiet", "timeout"];
+        known.extend_from_slice(extra);
         return bad_request(format!(
-            "unknown parameter {unknown:?}; use quiet and timeout"
+            "unknown parameter {unknown:?}; use {}",
+            known.join(", ")
         ));
     }
     let (quiet, timeout) = match (
-        query_duration(&query, "quiet", drain::DEFAULT_QUIET),
-        query_duration(&query, "timeout", drain::DEFAULT_TIMEOUT),
+        query_duration(query, "quiet", drain::DEFAULT_QUIET),
+        query_duration(query, "timeout", drain::DEFAULT_TIMEOUT),
     ) {
         (Ok(q), Ok(t)) => (q, t),
         (Err(e), _) | (_, Err(e)) => return bad_request(e),
     };
-    let Ok(_waiting) = app.waiters.clone().try_acquire_owned() else {
+    let Ok(_waiting) = waiters.clone().try_acquire_owned() else {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({
@@ -166,7 +189,7 @@ async fn wait_for_idle(
         )
             .into_response();
     };
-    match drain::wait_quiet(&app, quiet, timeout).await {
+    match drain::wait_quiet(app, quiet, timeout).await {
         Ok(Outcome {
             quiet: true,
             status,
@@ -175,11 +198,11 @@ async fn wait_for_idle(
             quiet: false,
             status,
         }) => (StatusCode::SERVICE_UNAVAILABLE, Json(status)).into_response(),
-        Err(error) => unavailable(&app, error),
+        Err(error) => unavailable(app, error),
     }
 }
 
-fn bad_request(error: String) -> Response {
+pub fn bad_request(error: String) -> Response {
     (StatusCode::BAD_REQUEST, Json(json!({ "error": error }))).into_response()
 }
 

@@ -9,6 +9,7 @@ use std::{fs, path::Path};
 const LAYERS: &[&str] = &[
     "clock",
     "lock",
+    "cgroup",
     "coalesce",
     "duration",
     "malloc",
@@ -26,6 +27,7 @@ const LAYERS: &[&str] = &[
     "http",
     "heartbeat",
     "proxy",
+    "node",
     "cli",
 ];
 

@@ -1,15 +1,17 @@
 //! spawner-sidecar: wiring and graceful shutdown only.
 //!
 //! Modules, lowest first; each imports only modules above it in this list
-//! (a test keeps it so): `capabilities`, `clock`, `lock`, `coalesce`,
+//! (a test keeps it so): `capabilities`, `clock`, `lock`, `cgroup`, `coalesce`,
 //! `duration`, `runtime`, `serve`;
 //! `source` (kernel -> readings); `activity` and `status` (readings ->
 //! idle time and the contract's JSON); `app` (a source with its activity);
 //! `metrics`; `drain`, `hooks` (actions on an app); `http` (routes);
-//! `heartbeat`, `proxy` (standalone modes); `config`, `cli` (parsing).
+//! `heartbeat`, `proxy`, `node` (modes of their own); `config`, `cli`
+//! (parsing).
 mod activity;
 mod app;
 mod capabilities;
+mod cgroup;
 mod cli;
 mod clock;
 mod coalesce;
@@ -24,6 +26,7 @@ mod layers;
 mod lock;
 mod malloc;
 mod metrics;
+mod node;
 mod proxy;
 mod runtime;
 mod serve;
@@ -51,7 +54,7 @@ fn main() -> ExitCode {
     // a preStop hook's output unless asked for.
     let default_level = match cli.command {
         Some(Command::WaitIdle(_)) => "warn",
-        Some(Command::Heartbeat(_) | Command::Proxy(_)) | None => "info",
+        Some(Command::Heartbeat(_) | Command::Proxy(_) | Command::Node(_)) | None => "info",
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -65,6 +68,7 @@ fn main() -> ExitCode {
         Some(Command::WaitIdle(args)) => return drain::wait_idle(args),
         Some(Command::Heartbeat(args)) => return heartbeat::main(args),
         Some(Command::Proxy(args)) => return proxy::main(*args),
+        Some(Command::Node(args)) => return node::main(*args),
         None => cli.daemon,
     };
     let runtime = match runtime::build(Threads::PerCore) {
@@ -92,7 +96,7 @@ async fn run(
     let started_ns = boottime_ns();
     // Bind before loading anything: a busy port is the commonest mistake,
     // and it should fail fast and leave nothing attached.
-    let address = std::net::SocketAddr::new(config.serve_address, config.serve_port);
+    let address = std::net::SocketAddr::new(config.track.serve_address, config.track.serve_port);
     let listener = serve::listen(address).with_context(|| format!("cannot listen on {address}"))?;
 
     let serve_port = listener
@@ -109,8 +113,8 @@ async fn run(
         .context("source start-up task failed")??;
     let app = Arc::new(App::new(
         source.clone(),
-        Activity::new(started_ns, config.activity_min_age),
-        config.min_connection_age,
+        Activity::new(started_ns, config.track.activity_min_age),
+        config.track.min_connection_age,
     ));
     let ticker = tokio::spawn(tick(app.clone(), config.refresh()));
     let hooks = config.idle_after.map(|idle_after| {
@@ -129,7 +133,7 @@ async fn run(
     info!(
         address = %listener.local_addr().context("reading the bound address")?,
         monitor_port = %port_list(config.watch.monitor_port.iter().copied()),
-        all_ports = config.all_ports,
+        all_ports = config.track.all_ports,
         source = %source.kind(),
         "serving"
     );

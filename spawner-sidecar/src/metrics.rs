@@ -16,18 +16,25 @@ use prometheus_client::{
 
 use crate::{
     activity::Idle,
-    source::{Family, Reading, SourceHealth},
+    source::{Family, Reading, SourceHealth, ebpf::node::NodeHealth},
 };
 
 pub const OPENMETRICS_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 pub const CLASSIC_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-type Labels = Vec<(&'static str, String)>;
+pub type Labels = Vec<(&'static str, String)>;
+
+/// The ports of one namespace, and the labels that tell it apart from the
+/// others in node mode (none in the per-pod mode).
+pub struct PortSet<'a> {
+    pub labels: Labels,
+    pub reading: &'a Reading,
+    pub idle: &'a Idle,
+}
 
 /// Everything one scrape reports.
 pub struct Scrape<'a> {
-    pub reading: &'a Reading,
-    pub idle: &'a Idle,
+    pub sets: Vec<PortSet<'a>>,
     pub now_ns: u64,
     /// `--min-connection-age`, for the long-lived gauge.
     pub min_connection_age_ns: u64,
@@ -36,6 +43,16 @@ pub struct Scrape<'a> {
     pub source_errors: u64,
     /// Hook runs by (hook, result).
     pub hook_runs: BTreeMap<(&'static str, &'static str), u64>,
+    /// Node mode's own figures.
+    pub node: Option<NodeFigures>,
+}
+
+/// What node mode adds about itself.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NodeFigures {
+    pub health: NodeHealth,
+    /// Namespaces whose processes' cgroups could not be read.
+    pub attribution_failures: u64,
 }
 
 fn gauge_family(registry: &mut Registry, name: &str, help: &str) -> MetricFamily<Labels, Gauge> {
@@ -96,18 +113,24 @@ pub fn render(scrape: &Scrape) -> Result<String, std::fmt::Error> {
         "connections_closed",
         "Connections that left ESTABLISHED since start",
     );
-    for (port, r) in scrape.reading {
-        let port_label = || vec![("port", port.to_string())];
+    for (set, (port, r)) in scrape
+        .sets
+        .iter()
+        .flat_map(|set| set.reading.iter().map(move |p| (set, p)))
+    {
+        let port_label = || {
+            let mut labels = set.labels.clone();
+            labels.push(("port", port.to_string()));
+            labels
+        };
         for family in Family::ALL {
             for (state, value) in [
                 ("established", r.established[family.index()]),
                 ("time_wait", r.time_wait[family.index()]),
             ] {
-                let labels = vec![
-                    ("port", port.to_string()),
-                    ("state", state.to_string()),
-                    ("family", family.as_str().to_string()),
-                ];
+                let mut labels = port_label();
+                labels.push(("state", state.to_string()));
+                labels.push(("family", family.as_str().to_string()));
                 connections.get_or_create(&labels).set(as_i64(value));
             }
         }
@@ -120,7 +143,7 @@ pub fn render(scrape: &Scrape) -> Result<String, std::fmt::Error> {
         listening
             .get_or_create(&port_label())
             .set(i64::from(r.listeners > 0));
-        let seconds = scrape.idle.ports.get(port).copied().unwrap_or(0);
+        let seconds = set.idle.ports.get(port).copied().unwrap_or(0);
         idle.get_or_create(&port_label()).set(as_i64(seconds));
         ignored
             .get_or_create(&port_label())
@@ -175,6 +198,42 @@ pub fn render(scrape: &Scrape) -> Result<String, std::fmt::Error> {
             counter.inc_by(value);
             registry.register(name, help, counter);
         }
+    }
+    if let Some(node) = scrape.node {
+        for (name, help, value) in [
+            (
+                "node_namespaces",
+                "Network namespaces node mode follows",
+                node.health.namespaces,
+            ),
+            (
+                "node_unreachable_namespaces",
+                "Followed namespaces with no process in them to read (pinned by a mount only)",
+                node.health.unreachable,
+            ),
+        ] {
+            let gauge = Gauge::<i64>::default();
+            gauge.set(as_i64(value));
+            registry.register(name, help, gauge);
+        }
+        let overflows = counter_family(
+            &mut registry,
+            "node_overflows",
+            "Namespaces or ports the kernel program had no room to follow (--max-namespaces, --max-ports-per-namespace)",
+        );
+        overflows
+            .get_or_create(&vec![("kind", "namespaces".to_string())])
+            .inc_by(node.health.namespaces_overflow);
+        overflows
+            .get_or_create(&vec![("kind", "ports".to_string())])
+            .inc_by(node.health.ports_overflow);
+        let failures = Counter::<u64>::default();
+        failures.inc_by(node.attribution_failures);
+        registry.register(
+            "node_attribution_failures",
+            "Times the processes of a namespace could not be read to find its pod",
+            failures,
+        );
     }
     let hooks = counter_family(
         &mut registry,
@@ -275,8 +334,11 @@ mod tests {
         };
         let mut text = String::new();
         let scrape = Scrape {
-            reading: &reading,
-            idle: &idle,
+            sets: vec![PortSet {
+                labels: Vec::new(),
+                reading: &reading,
+                idle: &idle,
+            }],
             now_ns: 60_000_000_000,
             min_connection_age_ns: 6_000_000_000,
             source: "ebpf",
@@ -287,6 +349,7 @@ mod tests {
             },
             source_errors: 0,
             hook_runs: BTreeMap::from([(("on-idle", "ok"), 2)]),
+            node: None,
         };
         write!(text, "{}", render(&scrape).expect("render")).expect("write");
         text

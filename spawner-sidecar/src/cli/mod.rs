@@ -10,7 +10,7 @@ use std::{ffi::OsString, path::PathBuf};
 
 use clap::{CommandFactory as _, FromArgMatches as _};
 
-use crate::{config::Config, drain::WaitIdleArgs, heartbeat, proxy};
+use crate::{config::Config, drain::WaitIdleArgs, heartbeat, node, proxy};
 
 /// Without a subcommand, runs the connection tracker with [`Config`].
 #[derive(clap::Parser)]
@@ -37,6 +37,8 @@ pub enum Command {
     Heartbeat(heartbeat::Args),
     /// Hold listeners for services started on the first connection, stopped when idle (ynetd)
     Proxy(Box<proxy::Args>),
+    /// Follow every network namespace of the host with one kernel program, per pod (DaemonSet)
+    Node(Box<node::Args>),
 }
 
 /// Parses `args` (program name first) with the file named by `--config` (or
@@ -53,6 +55,11 @@ pub fn parse(args: Vec<OsString>) -> Result<Cli, clap::Error> {
         command = command.mut_args(|a| a.env(None::<&str>));
     }
     let matches = command.clone().try_get_matches_from(&args)?;
+    // Node mode takes the same file, for its own flags.
+    let node_file = match matches.subcommand() {
+        Some(("node", sub)) => sub.get_one::<PathBuf>("config").cloned(),
+        _ => None,
+    };
     let (file, matches, file_keys) =
         match (matches.subcommand(), matches.get_one::<PathBuf>("config")) {
             (None, Some(file)) => {
@@ -63,15 +70,34 @@ pub fn parse(args: Vec<OsString>) -> Result<Cli, clap::Error> {
                     keys,
                 )
             }
-            _ => (None, matches, Vec::new()),
+            _ => match node_file {
+                Some(file) => {
+                    let node = command
+                        .find_subcommand("node")
+                        .cloned()
+                        .unwrap_or_else(|| clap::Command::new("node"));
+                    let (node, keys) = file::with_file_defaults(node, &file)?;
+                    let command = command.mut_subcommand("node", |_| node);
+                    (Some(file), command.try_get_matches_from(&args)?, keys)
+                }
+                None => (None, matches, Vec::new()),
+            },
         };
     let mut cli = Cli::from_arg_matches(&matches)?;
     // `--all-ports` alone means no fixed port, not the default 8080 as well.
-    let port_given = matches.value_source("monitor_port")
-        != Some(clap::parser::ValueSource::DefaultValue)
-        || file_keys.iter().any(|k| k == "monitor_port");
-    if cli.daemon.all_ports && !port_given {
+    let port_given = |m: &clap::ArgMatches| {
+        m.value_source("monitor_port") != Some(clap::parser::ValueSource::DefaultValue)
+            || file_keys.iter().any(|k| k == "monitor_port")
+    };
+    if cli.daemon.track.all_ports && !port_given(&matches) {
         cli.daemon.watch.monitor_port.clear();
+    }
+    if let (Some(Command::Node(node)), Some(("node", sub))) = (&mut cli.command, matches.subcommand())
+    {
+        if node.track.all_ports && !port_given(sub) {
+            node.watch.monitor_port.clear();
+        }
+        node.watch.check()?;
     }
     cli.daemon.check()?;
     if let Some(file) = file {
@@ -101,13 +127,13 @@ mod tests {
     fn defaults_match_the_original() {
         let c = daemon(&[]).expect("defaults");
         assert_eq!(
-            (c.watch.monitor_port, c.refresh_rate_seconds, c.serve_port),
+            (c.watch.monitor_port, c.track.refresh_rate_seconds, c.track.serve_port),
             (vec![8080], 10, 7070)
         );
-        assert_eq!(c.serve_address.to_string(), "0.0.0.0");
+        assert_eq!(c.track.serve_address.to_string(), "0.0.0.0");
         assert_eq!(c.watch.source, SourceChoice::Auto);
-        assert_eq!(c.min_connection_age, Duration::from_secs(6));
-        assert_eq!(c.activity_min_age, Duration::ZERO);
+        assert_eq!(c.track.min_connection_age, Duration::from_secs(6));
+        assert_eq!(c.track.activity_min_age, Duration::ZERO);
         assert_eq!(c.hook_timeout, Duration::from_secs(60));
     }
 
@@ -189,7 +215,7 @@ mod tests {
             [81, 82],
             "a port from the file is given"
         );
-        assert!(c.all_ports);
+        assert!(c.track.all_ports);
         assert_eq!(c.idle_after, Some(Duration::from_secs(90)));
         let c = daemon(&["--config", path, "--monitor-port", "83"]).expect("ok");
         assert_eq!(c.watch.monitor_port, [83]);

@@ -22,6 +22,8 @@ pub struct Follow {
     /// whoever polls the tracker would otherwise keep "active".
     excluded: BTreeSet<u16>,
     current: BTreeSet<u16>,
+    /// At most this many ports (`MAX_FOLLOWED`; node mode: per namespace).
+    max: usize,
     /// Whether the cap was hit (and said so) already.
     capped: bool,
 }
@@ -34,8 +36,16 @@ impl Follow {
             all_ports,
             excluded: excluded.iter().copied().collect(),
             current,
+            max: MAX_FOLLOWED,
             capped: false,
         }
+    }
+
+    /// The same, following at most `max` ports (node mode's
+    /// `--max-ports-per-namespace`); the fixed ones always.
+    pub fn capped_at(mut self, max: usize) -> Self {
+        self.max = max.min(MAX_FOLLOWED);
+        self
     }
 
     pub fn all_ports(&self) -> bool {
@@ -47,13 +57,13 @@ impl Follow {
     }
 
     fn room(&mut self, port: u16) -> bool {
-        if self.current.len() < MAX_FOLLOWED {
+        if self.current.len() < self.max {
             return true;
         }
         if !self.capped {
             warn!(
                 port,
-                "already following {MAX_FOLLOWED} ports; more listeners are not followed"
+                "already following {} ports; more listeners are not followed", self.max
             );
             self.capped = true;
         }

@@ -4,6 +4,7 @@
 pub mod ebpf;
 mod failover;
 mod follow;
+pub mod netns;
 pub mod peers;
 mod poller;
 pub mod proc_net;
@@ -70,6 +71,16 @@ pub enum SourceError {
         path: &'static str,
         source: std::io::Error,
     },
+    /// Reading a file under a `/proc` named at run time failed.
+    #[error("reading {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The process a network namespace was reached through has exited or
+    /// is in another namespace now: the namespace needs another process.
+    #[error("process {pid} left network namespace {netns}")]
+    ProcessLeft { pid: u32, netns: u32 },
     /// A netlink sock_diag request failed.
     #[error("sock_diag: {reason}")]
     Netlink { reason: String },

@@ -11,6 +11,7 @@ use std::{
     collections::HashSet,
     io::BufRead,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::Path,
 };
 
 use super::{
@@ -160,6 +161,31 @@ fn address(field: &[u8]) -> Option<SocketAddr> {
 /// it runs in.
 pub struct ProcNet;
 
+/// Appends the sockets `request` asks for from the table file at `path`
+/// (a `net/tcp` or `net/tcp6` of some procfs) to `out`.
+pub fn read_table(
+    path: &Path,
+    family: Family,
+    request: &SnapshotRequest,
+    out: &mut Vec<SocketEntry>,
+) -> std::io::Result<()> {
+    // Read in one pass into memory, reopening every time: a long-lived
+    // reader that seeks back sees a mix of two moments.
+    let data = match std::fs::read(path) {
+        Ok(data) => data,
+        // A kernel without IPv6 has no tcp6 table: no IPv6 sockets.
+        Err(e) if family == Family::V6 && e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    let stats = parse_table(&data[..], family, request, out)?;
+    if stats.malformed > 0 {
+        tracing::warn!(path = %path.display(), malformed = stats.malformed, "skipped malformed lines");
+    }
+    Ok(())
+}
+
 impl ProcNet {
     fn read_table(
         path: &'static str,
@@ -167,22 +193,8 @@ impl ProcNet {
         request: &SnapshotRequest,
         out: &mut Vec<SocketEntry>,
     ) -> Result<(), SourceError> {
-        // Read in one pass into memory, reopening every time: a long-lived
-        // reader that seeks back sees a mix of two moments.
-        let data = match std::fs::read(path) {
-            Ok(data) => data,
-            // A kernel without IPv6 has no tcp6 table: no IPv6 sockets.
-            Err(e) if family == Family::V6 && e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(());
-            }
-            Err(source) => return Err(SourceError::Io { path, source }),
-        };
-        let stats = parse_table(&data[..], family, request, out)
-            .map_err(|source| SourceError::Io { path, source })?;
-        if stats.malformed > 0 {
-            tracing::warn!(path, malformed = stats.malformed, "skipped malformed lines");
-        }
-        Ok(())
+        read_table(Path::new(path), family, request, out)
+            .map_err(|source| SourceError::Io { path, source })
     }
 }
 

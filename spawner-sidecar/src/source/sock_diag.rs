@@ -32,21 +32,35 @@ fn netlink(what: &str, e: impl std::fmt::Display) -> SourceError {
     }
 }
 
-/// One dump of one address family, appended to `out`. `ports` filters by
-/// local port in the kernel; `None` lists every port.
+/// A sock_diag socket of the calling thread's network namespace, bound and
+/// connected to the kernel.
+fn open_socket() -> Result<Socket, SourceError> {
+    let mut socket =
+        Socket::new(NETLINK_SOCK_DIAG).map_err(|e| netlink("opening a sock_diag socket", e))?;
+    connect(&mut socket)?;
+    Ok(socket)
+}
+
+/// Binds and connects a new `NETLINK_SOCK_DIAG` socket. It lists the
+/// sockets of the namespace it was created in, whichever thread binds and
+/// uses it (`sk_net` is set at creation).
+pub fn connect(socket: &mut Socket) -> Result<(), SourceError> {
+    socket.bind_auto().map_err(|e| netlink("binding", e))?;
+    socket
+        .connect(&NetlinkAddr::new(0, 0))
+        .map_err(|e| netlink("connecting", e))
+}
+
+/// One dump of one address family on `socket`, appended to `out`. `ports`
+/// filters by local port in the kernel; `None` lists every port. Reads up
+/// to the end of the dump, so the socket can take the next request.
 fn dump(
+    socket: &mut Socket,
     family: u8,
     states: StateFlags,
     ports: Option<&[u16]>,
     out: &mut Vec<SocketEntry>,
 ) -> Result<(), SourceError> {
-    let mut socket =
-        Socket::new(NETLINK_SOCK_DIAG).map_err(|e| netlink("opening a sock_diag socket", e))?;
-    socket.bind_auto().map_err(|e| netlink("binding", e))?;
-    socket
-        .connect(&NetlinkAddr::new(0, 0))
-        .map_err(|e| netlink("connecting", e))?;
-
     let mut header = NetlinkHeader::default();
     header.flags = NLM_F_REQUEST | NLM_F_DUMP;
     let socket_id = if family == AF_INET {
@@ -176,31 +190,57 @@ impl Snapshotter for SockDiag {
     }
 
     fn snapshot(&self, request: &SnapshotRequest) -> Result<Vec<SocketEntry>, SourceError> {
-        let mut out = Vec::new();
-        for family in [AF_INET, AF_INET6] {
-            if request.all_listeners {
-                // Listeners of every port: this walks only the listening
-                // hash, so it stays cheap however many connections exist.
-                dump(family, StateFlags::LISTEN, None, &mut out)?;
-                if !request.ports.is_empty() {
-                    dump(
-                        family,
-                        StateFlags::ESTABLISHED | StateFlags::TIME_WAIT,
-                        Some(&request.ports),
-                        &mut out,
-                    )?;
-                }
-            } else {
+        dumps(request, |family, states, ports, out| {
+            dump(&mut open_socket()?, family, states, ports, out)
+        })
+    }
+}
+
+/// Everything `request` asks for, listed through `socket` (one dump after
+/// the other): for a socket made in another namespace, then [`connect`]ed.
+pub fn snapshot_on(
+    socket: &mut Socket,
+    request: &SnapshotRequest,
+) -> Result<Vec<SocketEntry>, SourceError> {
+    dumps(request, |family, states, ports, out| {
+        dump(socket, family, states, ports, out)
+    })
+}
+
+/// The dumps that answer `request`, each made by `dump`.
+fn dumps(
+    request: &SnapshotRequest,
+    mut dump: impl FnMut(
+        u8,
+        StateFlags,
+        Option<&[u16]>,
+        &mut Vec<SocketEntry>,
+    ) -> Result<(), SourceError>,
+) -> Result<Vec<SocketEntry>, SourceError> {
+    let mut out = Vec::new();
+    for family in [AF_INET, AF_INET6] {
+        if request.all_listeners {
+            // Listeners of every port: this walks only the listening
+            // hash, so it stays cheap however many connections exist.
+            dump(family, StateFlags::LISTEN, None, &mut out)?;
+            if !request.ports.is_empty() {
                 dump(
                     family,
-                    StateFlags::ESTABLISHED | StateFlags::TIME_WAIT | StateFlags::LISTEN,
+                    StateFlags::ESTABLISHED | StateFlags::TIME_WAIT,
                     Some(&request.ports),
                     &mut out,
                 )?;
             }
+        } else {
+            dump(
+                family,
+                StateFlags::ESTABLISHED | StateFlags::TIME_WAIT | StateFlags::LISTEN,
+                Some(&request.ports),
+                &mut out,
+            )?;
         }
-        Ok(out)
     }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -32,16 +32,31 @@ fn io_error(map: &'static str) -> impl Fn(std::io::Error) -> SourceError {
     }
 }
 
-/// Start times of the tracked connections, per port, ascending.
-pub fn starts_by_port(map: &SocketMap) -> Result<BTreeMap<u16, Vec<u64>>, SourceError> {
+/// Every tracked connection: cookie and record. Read once per answer or
+/// round; in node mode it holds every namespace's, told apart by `netns`.
+pub fn read(map: &SocketMap) -> Result<Vec<(u64, SocketRecord)>, SourceError> {
+    batch::read_all(map).map_err(io_error("SOCKETS"))
+}
+
+/// Start times of the tracked connections of namespace `netns`, per port,
+/// ascending.
+pub fn starts_by_port(tracked: &[(u64, SocketRecord)], netns: u32) -> BTreeMap<u16, Vec<u64>> {
     let mut starts: BTreeMap<u16, Vec<u64>> = BTreeMap::new();
-    for (_, record) in batch::read_all(map).map_err(io_error("SOCKETS"))? {
+    for (_, record) in tracked.iter().filter(|(_, r)| r.netns == netns) {
         starts.entry(record.port).or_default().push(record.start_ns);
     }
     for list in starts.values_mut() {
         list.sort_unstable();
     }
-    Ok(starts)
+    starts
+}
+
+/// The namespace a snapshot is of, and when: it began at `snapshot_ns`;
+/// `now_ns` dates the connections it adds.
+pub struct Window {
+    pub netns: u32,
+    pub snapshot_ns: u64,
+    pub now_ns: u64,
 }
 
 /// The counted ESTABLISHED connections of the `quiet` ports in a snapshot:
@@ -64,16 +79,16 @@ fn listed(
     listed
 }
 
-/// Makes the map agree with a snapshot for the `quiet` ports (no transition
-/// during the snapshot, which began at `snapshot_ns`). `now_ns` dates the
-/// connections added. Returns (removed, added).
+/// Makes the map agree with a snapshot of one namespace for its `quiet`
+/// ports (no transition during the snapshot). `tracked` is the map as read
+/// before. Returns (removed, added).
 pub fn reconcile(
     map: &mut SocketMap,
+    tracked: &[(u64, SocketRecord)],
     sockets: &[SocketEntry],
     quiet: &[u16],
     filter: &PeerFilter,
-    snapshot_ns: u64,
-    now_ns: u64,
+    window: &Window,
 ) -> Result<(usize, usize), SourceError> {
     if quiet.is_empty() || sockets.iter().any(|s| s.cookie.is_none()) {
         // A /proc snapshot has no cookies to match entries with.
@@ -81,11 +96,13 @@ pub fn reconcile(
     }
     let quiet: HashSet<u16> = quiet.iter().copied().collect();
     let listed = listed(sockets, &quiet, filter);
-    let tracked = batch::read_all(map).map_err(io_error("SOCKETS"))?;
     let known: HashSet<u64> = tracked.iter().map(|(cookie, _)| *cookie).collect();
     let mut removed = 0;
-    for (cookie, record) in &tracked {
-        if !quiet.contains(&record.port) || record.start_ns >= snapshot_ns {
+    for (cookie, record) in tracked {
+        if record.netns != window.netns
+            || !quiet.contains(&record.port)
+            || record.start_ns >= window.snapshot_ns
+        {
             continue;
         }
         let still_there = listed
@@ -100,13 +117,13 @@ pub fn reconcile(
     for (&port, cookies) in &listed {
         for (cookie, family) in cookies.iter().filter(|(c, _)| !known.contains(*c)) {
             let record = SocketRecord {
-                start_ns: now_ns,
+                start_ns: window.now_ns,
                 port,
                 family: match family {
                     Family::V4 => AF_INET,
                     Family::V6 => AF_INET6,
                 },
-                _reserved: 0,
+                netns: window.netns,
             };
             // NOEXIST: an entry the kernel just made is the better one.
             if map.insert(cookie, record, BPF_NOEXIST).is_ok() {
@@ -123,15 +140,10 @@ pub fn reconcile(
 /// Of the TIME_WAIT sockets in a snapshot, per port, those left by
 /// connections the kernel program saw close young (`YOUNG_CLOSED`).
 pub fn young_time_wait(
-    young: &BpfHashMap<MapData, u64, u64>,
+    cookies: &HashSet<u64>,
     sockets: &[SocketEntry],
     filter: &PeerFilter,
-) -> Result<BTreeMap<u16, u64>, SourceError> {
-    let cookies: HashSet<u64> = batch::read_all(young)
-        .map_err(io_error("YOUNG_CLOSED"))?
-        .into_iter()
-        .map(|(cookie, _)| cookie)
-        .collect();
+) -> BTreeMap<u16, u64> {
     let mut out = BTreeMap::new();
     for s in sockets {
         if s.state == SocketState::TimeWait
@@ -141,5 +153,15 @@ pub fn young_time_wait(
             *out.entry(s.port()).or_default() += 1;
         }
     }
-    Ok(out)
+    out
+}
+
+/// Cookies of the connections the kernel program saw close young
+/// (`YOUNG_CLOSED`).
+pub fn young_cookies(young: &BpfHashMap<MapData, u64, u64>) -> Result<HashSet<u64>, SourceError> {
+    Ok(batch::read_all(young)
+        .map_err(io_error("YOUNG_CLOSED"))?
+        .into_iter()
+        .map(|(cookie, _)| cookie)
+        .collect())
 }

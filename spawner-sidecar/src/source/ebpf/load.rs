@@ -15,11 +15,11 @@ use std::{
     time::Duration,
 };
 
-use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
 use aya_obj::{EbpfSectionKind, generated::bpf_map_type};
 use spawner_sidecar_common::{
-    FLAG_ALL_PORTS, FLAG_IGNORE_PEERS, PeerData, PortCounts, SelfTestRecord, SocketRecord,
-    TrackerConfig,
+    FLAG_ALL_PORTS, FLAG_IGNORE_PEERS, NetnsPort, PeerData, PortCounts, SelfTestRecord,
+    SocketRecord, TrackerConfig,
 };
 use tracing::debug;
 
@@ -35,6 +35,11 @@ static PROGRAM_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/spawner-sidecar"));
 
 pub const PROGRAM: &str = "track_tcp_state";
+/// The same counting keyed by (namespace, port), for `spawner-sidecar node`.
+pub const NODE_PROGRAM: &str = "track_tcp_state_node";
+/// Node mode's report ring: one record per new (namespace, port) key, so it
+/// must absorb a burst of pods starting at once between two drains.
+const NODE_RING_BYTES: u32 = 64 * 1024;
 /// `inet_sock_set_state` (Linux 4.16) as a BTF tracepoint: needs no tracefs.
 const TRACEPOINT: &str = "inet_sock_set_state";
 
@@ -46,6 +51,15 @@ pub struct LoadOptions {
     pub activity_min_age: Duration,
     pub ignore_peers: bool,
     pub all_ports: bool,
+    /// Node mode: every namespace, keyed; `None` for the per-pod program.
+    pub node: Option<NodeLimits>,
+}
+
+/// Node mode's bounds, which size its maps.
+#[derive(Clone, Copy, Debug)]
+pub struct NodeLimits {
+    pub max_namespaces: u32,
+    pub max_ports_per_namespace: u32,
 }
 
 /// The loaded program and, once attached, its link.
@@ -74,6 +88,10 @@ pub struct Loaded {
     pub listeners: RingBuf<MapData>,
     pub stats: PerCpuArray<MapData, u64>,
     pub selftest: Array<MapData, SelfTestRecord>,
+    /// Node mode's counts and per-namespace key counts (one entry each in
+    /// the per-pod mode, which does not use them).
+    pub node_counts: PerCpuHashMap<MapData, NetnsPort, PortCounts>,
+    pub node_netns: HashMap<MapData, u32, u64>,
 }
 
 pub fn unavailable(context: &str, error: impl std::error::Error) -> SourceError {
@@ -132,11 +150,20 @@ pub fn load(options: &LoadOptions) -> Result<Loaded, SourceError> {
     if options.all_ports {
         flags |= FLAG_ALL_PORTS;
     }
+    let own_netns = own_netns_inum()?;
     let config = TrackerConfig {
-        netns_inum: own_netns_inum()?,
+        // Node mode counts every namespace; the self-test still checks
+        // against our own.
+        netns_inum: if options.node.is_some() { 0 } else { own_netns },
         flags,
         activity_min_age_ns: nanos(options.activity_min_age),
+        max_ports_per_netns: options.node.map_or(0, |n| n.max_ports_per_namespace),
         ..offsets
+    };
+    let name = if options.node.is_some() {
+        NODE_PROGRAM
+    } else {
+        PROGRAM
     };
     debug!(?config, attach_btf_id, "from kernel BTF");
 
@@ -147,7 +174,7 @@ pub fn load(options: &LoadOptions) -> Result<Loaded, SourceError> {
         (config_bytes(&config), true),
     )]))
     .map_err(|e| unavailable("setting the program's configuration", e))?;
-    let mut maps = create_maps(&mut obj, options.max_sockets)?;
+    let mut maps = create_maps(&mut obj, options)?;
 
     let text_sections: HashSet<usize> = obj.functions.keys().map(|(section, _)| *section).collect();
     obj.relocate_maps(
@@ -159,15 +186,15 @@ pub fn load(options: &LoadOptions) -> Result<Loaded, SourceError> {
     obj.relocate_calls(&text_sections)
         .map_err(|e| unavailable("relocating the kernel program", e))?;
     let missing = || SourceError::Unavailable {
-        reason: format!("program {PROGRAM} missing from the object"),
+        reason: format!("program {name} missing from the object"),
     };
-    let program = obj.programs.get(PROGRAM).ok_or_else(missing)?;
+    let program = obj.programs.get(name).ok_or_else(missing)?;
     let function = obj
         .functions
         .get(&program.function_key())
         .ok_or_else(missing)?;
     let fd = bpf_commands::load_btf_tracepoint(
-        PROGRAM,
+        name,
         &function.instructions,
         &program.license,
         attach_btf_id,
@@ -189,6 +216,8 @@ pub fn load(options: &LoadOptions) -> Result<Loaded, SourceError> {
         listeners: take_map(&mut maps, "LISTENERS")?,
         stats: take_map(&mut maps, "STATS")?,
         selftest: take_map(&mut maps, "SELFTEST")?,
+        node_counts: take_map(&mut maps, "NODE_COUNTS")?,
+        node_netns: take_map(&mut maps, "NODE_NETNS")?,
         program: Program { fd, link: None },
     };
     Ok(loaded)
@@ -199,12 +228,23 @@ pub fn load(options: &LoadOptions) -> Result<Loaded, SourceError> {
 /// which the relocations read.
 fn create_maps(
     obj: &mut aya_obj::Object,
-    max_sockets: u32,
+    options: &LoadOptions,
 ) -> Result<StdHashMap<String, (aya_obj::Map, MapData)>, SourceError> {
     let mut maps = StdHashMap::new();
     for (name, mut def) in obj.maps.drain() {
-        if name == "SOCKETS" {
-            def.set_max_entries(max_sockets);
+        match (name.as_str(), options.node) {
+            ("SOCKETS", _) => def.set_max_entries(options.max_sockets),
+            ("NODE_COUNTS", Some(n)) => def.set_max_entries(
+                n.max_namespaces
+                    .saturating_mul(n.max_ports_per_namespace)
+                    .max(1),
+            ),
+            ("NODE_NETNS", Some(n)) => def.set_max_entries(n.max_namespaces.max(1)),
+            // Node mode keeps no per-slot counts: one per-CPU entry, not
+            // 1 024 of them on every CPU.
+            ("PORT_COUNTS", Some(_)) => def.set_max_entries(1),
+            ("LISTENERS", Some(_)) => def.set_max_entries(NODE_RING_BYTES),
+            _ => {}
         }
         if def.map_type() == bpf_map_type::BPF_MAP_TYPE_RINGBUF as u32 {
             // The kernel wants no value size and a power-of-two number of
@@ -237,8 +277,8 @@ fn ring_size(bytes: u32) -> u32 {
 
 /// The configuration as the bytes of the `CONFIG` global.
 fn config_bytes(config: &TrackerConfig) -> &[u8] {
-    // SAFETY: TrackerConfig is repr(C) and Copy with no padding (twelve u32
-    // then a u64; its layout test pins this), so all its bytes are
+    // SAFETY: TrackerConfig is repr(C) and Copy with no padding (twelve u32,
+    // a u64, two u32; its layout test pins this), so all its bytes are
     // initialised; the slice borrows it.
     unsafe {
         std::slice::from_raw_parts(
@@ -293,8 +333,8 @@ mod tests {
             ..TrackerConfig::default()
         };
         let bytes = config_bytes(&config);
-        assert_eq!(bytes.len(), 56);
+        assert_eq!(bytes.len(), 64);
         assert_eq!(bytes[..4], 14u32.to_ne_bytes());
-        assert_eq!(bytes[48..], u64::MAX.to_ne_bytes());
+        assert_eq!(bytes[48..56], u64::MAX.to_ne_bytes());
     }
 }

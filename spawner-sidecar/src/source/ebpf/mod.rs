@@ -9,12 +9,14 @@
 //! program reports new listeners through a ring buffer, which a thread of
 //! ours waits on, so a new port is followed within moments, not a tick.
 mod batch;
+mod book;
 mod bpf_commands;
 mod connection_ages;
 pub mod kernel_btf;
 mod kernel_log;
 mod listener_watch;
-mod load;
+pub mod load;
+pub mod node;
 mod rounds;
 mod selftest;
 mod slots;
@@ -34,17 +36,16 @@ use spawner_sidecar_common::{PortCounts, STAT_EVENTS, STAT_LISTENERS_LOST, STAT_
 use tracing::{info, warn};
 
 use self::{
+    book::Book,
     connection_ages::SocketMap,
     kernel_log::KernelLog,
     load::{LoadOptions, Loaded},
-    rounds::LastSnapshot,
     slots::Slots,
 };
 use super::{
-    ConnectionSource, Detail, Follow, Reading, SourceError, SourceHealth, SourceKind,
-    SourceOptions,
+    ConnectionSource, Detail, Reading, SourceError, SourceHealth, SourceKind, SourceOptions,
     peers::PeerFilter,
-    reconcile::{Correction, EventCounts},
+    reconcile::EventCounts,
     snapshot::{self, SnapshotRequest, Snapshotter},
 };
 use crate::{
@@ -69,13 +70,8 @@ struct Inner {
     /// The program's aya-log lines, drained every refresh (`None` where
     /// the ring could not be opened).
     kernel_log: Option<KernelLog>,
-    follow: Follow,
+    book: Book,
     slots: Slots,
-    corrections: BTreeMap<u16, Correction>,
-    corrections_total: u64,
-    /// What the last snapshot established, to tell whether the next one
-    /// can teach anything (see `rounds::snapshot_needed`).
-    last_snapshot: Option<LastSnapshot>,
 }
 
 pub struct EbpfSource {
@@ -91,6 +87,8 @@ pub struct EbpfSource {
     snapshots: Arc<dyn Snapshotter>,
     filter: PeerFilter,
     min_age_ns: u64,
+    /// Our namespace: the per-connection map's records carry it.
+    netns: u32,
     /// Test hook (`SPAWNER_SIDECAR_FAULT=ebpf-map-read`): after start-up,
     /// every map read fails, to exercise the run-time fallback for real.
     fail_map_reads: AtomicBool,
@@ -113,6 +111,7 @@ impl EbpfSource {
             activity_min_age: options.activity_min_age,
             ignore_peers: !options.peers.is_empty(),
             all_ports: options.all_ports,
+            node: None,
         })?;
         for net in options.peers.nets() {
             let (prefix, data) = net.trie_key();
@@ -162,20 +161,18 @@ impl EbpfSource {
                 stats,
                 listeners,
                 kernel_log,
-                follow: options.follow(),
+                book: Book::new(options.follow()),
                 slots: Slots::new(),
-                corrections: BTreeMap::new(),
-                corrections_total: 0,
-                last_snapshot: None,
             }),
             snapshots,
             filter: options.peers.clone(),
             min_age_ns: nanos(options.activity_min_age),
+            netns,
             fail_map_reads: false.into(),
         });
         {
             let mut inner = lock(&source.inner);
-            for port in inner.follow.ports() {
+            for port in inner.book.follow.ports() {
                 source.follow(&mut inner, port)?;
             }
         }
@@ -192,21 +189,21 @@ impl EbpfSource {
 
     fn follow(&self, inner: &mut Inner, port: u16) -> Result<(), SourceError> {
         if inner.slots.follow(port, &mut inner.slot_map)? {
-            inner.corrections.entry(port).or_default();
+            inner.book.track(port);
         } else {
             warn!(
                 port,
                 "every slot of the kernel program is taken; port not followed for now"
             );
             // Forgotten, so that a later snapshot still listing it retries.
-            inner.follow.remove(port);
+            inner.book.follow.remove(port);
         }
         Ok(())
     }
 
     fn unfollow(&self, inner: &mut Inner, port: u16) -> Result<(), SourceError> {
         inner.slots.unfollow(port, &mut inner.slot_map)?;
-        inner.corrections.remove(&port);
+        inner.book.untrack(port);
         Ok(())
     }
 
@@ -216,12 +213,7 @@ impl EbpfSource {
         let deadline = Instant::now() + SEED_DEADLINE;
         loop {
             self.refresh()?;
-            let pending: Vec<u16> = lock(&self.inner)
-                .corrections
-                .iter()
-                .filter(|(_, c)| !c.exact)
-                .map(|(&p, _)| p)
-                .collect();
+            let pending = lock(&self.inner).book.pending();
             if pending.is_empty() {
                 return Ok(());
             }
@@ -270,7 +262,7 @@ impl EbpfSource {
         }
         let mut added = Vec::new();
         for port in ports {
-            if inner.follow.add(port) {
+            if inner.book.follow.add(port) {
                 self.follow(inner, port)?;
                 added.push(port);
             }
@@ -298,17 +290,6 @@ impl EbpfSource {
     }
 }
 
-/// The ports as the kernel has them now: events plus corrections.
-fn current(inner: &Inner, events: &BTreeMap<u16, EventCounts>) -> Reading {
-    events
-        .iter()
-        .map(|(port, e)| {
-            let correction = inner.corrections.get(port).copied().unwrap_or_default();
-            (*port, correction.apply(e))
-        })
-        .collect()
-}
-
 impl ConnectionSource for EbpfSource {
     fn kind(&self) -> SourceKind {
         SourceKind::Ebpf
@@ -325,9 +306,10 @@ impl ConnectionSource for EbpfSource {
         }
         let inner = lock(&self.inner);
         let events = self.event_counts(&inner)?;
-        let mut reading = current(&inner, &events);
+        let mut reading = inner.book.current(&events);
         if detail.starts {
-            let mut starts = connection_ages::starts_by_port(&inner.sockets)?;
+            let tracked = connection_ages::read(&inner.sockets)?;
+            let mut starts = connection_ages::starts_by_port(&tracked, self.netns);
             for (port, r) in reading.iter_mut() {
                 r.starts = Some(starts.remove(port).unwrap_or_default());
             }
@@ -344,11 +326,9 @@ impl ConnectionSource for EbpfSource {
             }
             self.drain_listeners(&mut inner)?;
             let before = self.event_counts(&inner)?;
-            let needed = rounds::snapshot_needed(
-                inner.last_snapshot.as_ref(),
+            let needed = inner.book.snapshot_needed(
                 Instant::now(),
                 Self::stat(&inner, STAT_LISTENERS_LOST),
-                &inner.corrections,
                 &before,
             );
             if !needed {
@@ -356,14 +336,14 @@ impl ConnectionSource for EbpfSource {
                 inner.slots.recycle(&mut inner.counts)?;
                 return Ok(());
             }
-            (inner.follow.ports(), before)
+            (inner.book.follow.ports(), before)
         };
         let started = boottime_ns();
         let sockets = self
             .snapshots
             .snapshot(&SnapshotRequest {
                 ports: ports.clone(),
-                all_listeners: lock(&self.inner).follow.all_ports(),
+                all_listeners: lock(&self.inner).book.follow.all_ports(),
             })
             .map_err(|e| SourceError::Snapshot {
                 source: Box::new(e),
@@ -372,46 +352,44 @@ impl ConnectionSource for EbpfSource {
         let after = self.event_counts(&inner)?;
         let mut counted = snapshot::count(&sockets, &ports, &self.filter);
         if self.min_age_ns > 0 {
-            let young =
-                connection_ages::young_time_wait(&inner.young_closed, &sockets, &self.filter)?;
+            let cookies = connection_ages::young_cookies(&inner.young_closed)?;
+            let young = connection_ages::young_time_wait(&cookies, &sockets, &self.filter);
             for (port, r) in counted.iter_mut() {
                 r.young_time_wait = young.get(port).copied().unwrap_or(0);
             }
         }
-        let folded = rounds::fold_snapshot(&mut inner.corrections, &before, &counted, &after);
-        for port in &folded.drifted {
-            info!(port, "event counts corrected by snapshot");
-        }
-        inner.corrections_total += folded.drifted.len() as u64;
         let listeners_lost = Self::stat(&inner, STAT_LISTENERS_LOST).unwrap_or(0);
-        inner.last_snapshot = Some(LastSnapshot::new(
-            Instant::now(),
-            &folded,
+        let listening = snapshot::listening_ports(&sockets);
+        let folded = inner.book.fold(
+            &ports,
+            &before,
+            &counted,
             &after,
+            &listening,
             listeners_lost,
-        ));
+        );
+        let tracked = connection_ages::read(&inner.sockets)?;
         connection_ages::reconcile(
             &mut inner.sockets,
+            &tracked,
             &sockets,
             &folded.quiet,
             &self.filter,
-            started,
-            boottime_ns(),
+            &connection_ages::Window {
+                netns: self.netns,
+                snapshot_ns: started,
+                now_ns: boottime_ns(),
+            },
         )?;
 
         // Ports: free last tick's slots, then follow and drop per the snapshot.
         let inner = &mut *inner;
         inner.slots.recycle(&mut inner.counts)?;
-        if inner.follow.all_ports() {
-            let listening = snapshot::listening_ports(&sockets);
-            let now = current(inner, &after);
-            let (added, removed) = inner.follow.update(&listening, &now, &ports);
-            for port in added {
-                self.follow(inner, port)?;
-            }
-            for port in removed {
-                self.unfollow(inner, port)?;
-            }
+        for port in folded.added {
+            self.follow(inner, port)?;
+        }
+        for port in folded.removed {
+            self.unfollow(inner, port)?;
         }
         Ok(())
     }
@@ -430,7 +408,7 @@ impl ConnectionSource for EbpfSource {
             kernel_missed_events: missed,
             untracked_connections: Self::stat(&inner, STAT_SOCKETS_FULL),
             lost_listener_reports: Self::stat(&inner, STAT_LISTENERS_LOST),
-            corrections: inner.corrections_total,
+            corrections: inner.book.corrections_total,
         }
     }
 }
