@@ -132,7 +132,7 @@ async fn list(api: &Api, pods_only: bool) -> Result<Vec<Listed>, Response> {
         let status = match entry.app.status().await {
             Ok(status) => status,
             // Gone between the listing and the read: leave it out.
-            Err(_) if api.registry.by_netns(entry.netns).is_none() => continue,
+            Err(_) if !api.registry.source.follows(entry.netns) => continue,
             Err(e) => return Err(unavailable(&entry.app, e)),
         };
         let (uid, qos_class, containers) = match entry.pod {
@@ -193,7 +193,7 @@ async fn metrics(State(api): State<Api>, headers: HeaderMap) -> Response {
         min_connection_age_ns = nanos(entry.app.min_connection_age);
         match entry.app.observe_with(Detail { starts: true }).await {
             Ok(o) => observed.push((entry, o)),
-            Err(_) if api.registry.by_netns(entry.netns).is_none() => {}
+            Err(_) if !api.registry.source.follows(entry.netns) => {}
             Err(e) => return unavailable(&entry.app, e),
         }
     }

@@ -391,6 +391,11 @@ impl NodeSource {
         }
     }
 
+    /// Whether `netns` is followed (not gone).
+    pub fn follows(&self, netns: u32) -> bool {
+        lock(&self.state).namespaces.contains_key(&netns)
+    }
+
     /// The followed namespaces and the processes found in each.
     pub fn namespaces(&self) -> BTreeMap<u32, Vec<u32>> {
         lock(&self.state)
