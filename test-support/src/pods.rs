@@ -67,6 +67,15 @@ pub enum Qos {
 }
 
 impl Qos {
+    /// The class as Kubernetes spells it (`status.qosClass`).
+    pub fn class_name(self) -> &'static str {
+        match self {
+            Qos::Guaranteed => "Guaranteed",
+            Qos::Burstable => "Burstable",
+            Qos::BestEffort => "BestEffort",
+        }
+    }
+
     fn level(self) -> Option<&'static str> {
         match self {
             Qos::Guaranteed => None,

@@ -255,11 +255,16 @@ fn live_namespaces() -> BTreeSet<u64> {
     live
 }
 
-/// The entries of a `{"<key>": [...]}` answer.
-fn entries<'a>(answer: &'a Value, key: &str) -> &'a [Value] {
+/// The entries of a `{"<key>": [...]}` answer; an error names the answer.
+fn try_entries<'a>(answer: &'a Value, key: &str) -> Result<&'a [Value], String> {
     answer[key]
         .as_array()
-        .unwrap_or_else(|| panic!("no {key:?} array in {answer}"))
+        .map(Vec::as_slice)
+        .ok_or_else(|| format!("no {key:?} array in {answer}"))
+}
+
+fn entries<'a>(answer: &'a Value, key: &str) -> &'a [Value] {
+    try_entries(answer, key).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn keys(object: &Value) -> Vec<&str> {
@@ -320,6 +325,13 @@ fn every_pods_answer_equals_ss_with_50_pods_on_one_port_and_the_host_apart() {
                 describe(pod)
             ));
         }
+        if entry["qos_class"] != pod.spec().qos.class_name() {
+            wrong.push(format!(
+                "{}: qos_class {} in GET /pods",
+                describe(pod),
+                entry["qos_class"]
+            ));
+        }
         let truth = ss_counts(Some(pod.netns().name()));
         if answer_counts(entry) != Some(truth) {
             wrong.push(format!(
@@ -336,7 +348,7 @@ fn every_pods_answer_equals_ss_with_50_pods_on_one_port_and_the_host_apart() {
         let own_fields: BTreeSet<&str> = keys(&own).into_iter().collect();
         if fields != own_fields {
             wrong.push(format!(
-                "{}: GET /pods entry has fields {fields:?} besides pod_uid, netns, qos_class, containers; GET /pods/<uid> {own_fields:?}",
+                "{}: GET /pods entry has fields {fields:?} besides who the pod is; GET /pods/<uid> {own_fields:?}",
                 describe(pod)
             ));
         }
@@ -480,6 +492,48 @@ fn same_answer(sidecar: &Value, node: &Value, at: &str) -> Result<(), String> {
 }
 
 #[test]
+fn same_answer_tells_key_order_types_and_values_apart() {
+    let parse = |text: &str| serde_json::from_str::<Value>(text).unwrap();
+    let base = parse(r#"{"a":1,"seconds_inactive":5,"p":{"8080":{"x":true}}}"#);
+    assert_eq!(same_answer(&base, &base, ""), Ok(()));
+    for (other, differs_at) in [
+        (
+            r#"{"a":1,"seconds_inactive":6,"p":{"8080":{"x":true}}}"#,
+            None,
+        ),
+        (
+            r#"{"a":1,"seconds_inactive":7,"p":{"8080":{"x":true}}}"#,
+            Some(".seconds_inactive"),
+        ),
+        (
+            r#"{"seconds_inactive":5,"a":1,"p":{"8080":{"x":true}}}"#,
+            Some("keys"),
+        ),
+        (
+            r#"{"a":2,"seconds_inactive":5,"p":{"8080":{"x":true}}}"#,
+            Some(".a"),
+        ),
+        (
+            r#"{"a":"1","seconds_inactive":5,"p":{"8080":{"x":true}}}"#,
+            Some(".a"),
+        ),
+        (
+            r#"{"a":1,"seconds_inactive":5,"p":{"8080":{"x":1}}}"#,
+            Some(".p.8080.x"),
+        ),
+    ] {
+        let result = same_answer(&base, &parse(other), "");
+        match differs_at {
+            None => assert_eq!(result, Ok(()), "{other}"),
+            Some(at) => assert!(
+                result.as_ref().is_err_and(|e| e.contains(at)),
+                "{other}: {result:?}"
+            ),
+        }
+    }
+}
+
+#[test]
 fn a_pods_answer_is_byte_compatible_with_the_sidecars_in_that_pod() {
     require_ebpf!();
     let mut pod = FakePod::create(PodSpec {
@@ -540,7 +594,15 @@ fn a_pods_answer_is_byte_compatible_with_the_sidecars_in_that_pod() {
                     theirs.body,
                     ours.body
                 )
-            })
+            })?;
+            // Read in the same second: then the very bytes are the same.
+            if theirs_json == ours_json && theirs.body != ours.body {
+                return Err(format!(
+                    "same values, other bytes:\nsidecar: {:?}\nnode:    {:?}",
+                    theirs.body, ours.body
+                ));
+            }
+            Ok(())
         });
     }
 }
@@ -561,8 +623,9 @@ fn a_deleted_pod_is_gone_from_every_answer_within_one_refresh() {
     let deleted = Instant::now();
     eventually(REFRESH + MARGIN, || {
         let mut left = Vec::new();
-        let (_, list) = node.get("/pods");
-        if entries(&list, "pods").iter().any(|e| e["pod_uid"] == uid) {
+        let (code, list) = node.get("/pods");
+        let listed = try_entries(&list, "pods").map_err(|e| format!("GET /pods {code}: {e}"))?;
+        if listed.iter().any(|e| e["pod_uid"] == uid) {
             left.push("listed in GET /pods".to_string());
         }
         let (code, answer) = node.get(&format!("/pods/{uid}"));
@@ -646,7 +709,8 @@ fn run_cycles(node_port: u16, range: Range<usize>, workers: usize, inodes: &Mute
 fn expect_only_live(node: &Sidecar, inodes: &BTreeSet<u64>) -> usize {
     eventually(REFRESH + MARGIN, || {
         let (code, all) = node.get("/netns");
-        let listed = entries(&all, "namespaces");
+        let listed =
+            try_entries(&all, "namespaces").map_err(|e| format!("GET /netns {code}: {e}"))?;
         let live = live_namespaces();
         let stale: Vec<&Value> = listed
             .iter()
@@ -677,6 +741,7 @@ fn a_thousand_pod_lifecycles_leave_only_live_namespaces_and_no_growth() {
     const SLACK: u64 = 32;
     let node = start_node();
     let programs: BTreeSet<u32> = node.program_ids().into_iter().collect();
+    assert!(!programs.is_empty(), "the node holds no BPF program");
     let inodes = Mutex::new(BTreeSet::new());
     let started = Instant::now();
 
@@ -685,6 +750,10 @@ fn a_thousand_pod_lifecycles_leave_only_live_namespaces_and_no_growth() {
     std::thread::sleep(REFRESH);
     let rss_warm = procinfo::memory_kb(node.pid(), Memory::Rss).unwrap();
     let maps_warm = bpf::hash_map_entries(&programs).unwrap();
+    assert!(
+        !maps_warm.is_empty(),
+        "the node's programs {programs:?} use no hash map"
+    );
 
     run_cycles(node.port, WARM_UP..CYCLES, WORKERS, &inodes);
     let cycled = started.elapsed();
@@ -692,8 +761,10 @@ fn a_thousand_pod_lifecycles_leave_only_live_namespaces_and_no_growth() {
     let listed = expect_only_live(&node, &inodes);
 
     eventually(REFRESH + MARGIN, || {
-        let (_, all) = node.get("/netns");
-        let listed = entries(&all, "namespaces").len() as f64;
+        let (code, all) = node.get("/netns");
+        let listed = try_entries(&all, "namespaces")
+            .map_err(|e| format!("GET /netns {code}: {e}"))?
+            .len() as f64;
         let followed = prometheus::sample(&node.metrics(), "spawner_sidecar_node_namespaces", &[]);
         (followed == Some(listed)).then_some(()).ok_or(format!(
             "spawner_sidecar_node_namespaces {followed:?}, GET /netns lists {listed}"

@@ -16,7 +16,7 @@
 
 use std::{
     io::{Read, Write},
-    net::{Ipv4Addr, TcpListener, TcpStream},
+    net::{Ipv4Addr, Shutdown, TcpListener, TcpStream},
     process::ExitCode,
     time::Duration,
 };
@@ -66,7 +66,24 @@ fn hold(mut stream: TcpStream) {
     let mut byte = [0u8; 1];
     while let Ok(1) = stream.read(&mut byte) {
         if byte[0] == b'q' {
+            close_first(stream);
             return;
+        }
+    }
+}
+
+/// Sends our FIN first and closes once the peer's FIN came: the socket
+/// goes FIN_WAIT2 -> TIME_WAIT while we still hold it, not as an orphan
+/// (which, the kernel's tcp_rcv_state_process says, can lose a FIN that
+/// arrives at that moment).
+fn close_first(mut stream: TcpStream) {
+    if stream.shutdown(Shutdown::Write).is_err() {
+        return;
+    }
+    let mut rest = [0u8; 64];
+    while let Ok(n) = stream.read(&mut rest) {
+        if n == 0 {
+            break;
         }
     }
 }
