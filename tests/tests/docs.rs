@@ -395,8 +395,8 @@ fn a_missing_or_fake_row_is_named() {
 }
 
 /// Long flags the docs name that belong to other tools: `cargo xtask bench`;
-/// cargo's and podman's in docs/deploy.md (how the image is built and run),
-/// and kubernetes-validate's.
+/// cargo's, podman's and a Dockerfile's in docs/deploy.md (how the image is
+/// built and run), and kubernetes-validate's.
 const OTHER_TOOLS_FLAGS: &[&str] = &[
     // kubectl, in the proxy's start and stop command example.
     "--replicas",
@@ -409,6 +409,9 @@ const OTHER_TOOLS_FLAGS: &[&str] = &[
     "--cap-add",
     "--security-opt",
     "--strict",
+    // A Dockerfile's `COPY --from`, putting the proxy into an application's
+    // image (docs/deploy.md).
+    "--from",
 ];
 
 /// Every `--flag` token in `text` (not the middle of a word like `a--b`).
