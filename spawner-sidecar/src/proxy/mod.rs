@@ -85,6 +85,10 @@ pub fn main(args: Args) -> ExitCode {
     };
     let shutdown = runtime::shutdown_signal(&runtime);
     runtime.block_on(run(config, bound, page, shutdown));
+    // The services are stopped; what may be left on the blocking pool (the
+    // tracker still resolving a target's name, or a read of its source)
+    // must not hold up the exit.
+    runtime.shutdown_background();
     ExitCode::SUCCESS
 }
 
