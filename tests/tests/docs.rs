@@ -395,8 +395,8 @@ fn a_missing_or_fake_row_is_named() {
 }
 
 /// Long flags the docs name that belong to other tools: `cargo xtask bench`;
-/// cargo's and podman's in docs/deploy.md (how the image is built and run),
-/// and kubernetes-validate's.
+/// cargo's, podman's and a Dockerfile's in docs/deploy.md (how the image is
+/// built and run), and kubernetes-validate's.
 const OTHER_TOOLS_FLAGS: &[&str] = &[
     // kubectl, in the proxy's start and stop command example.
     "--replicas",
@@ -409,6 +409,9 @@ const OTHER_TOOLS_FLAGS: &[&str] = &[
     "--cap-add",
     "--security-opt",
     "--strict",
+    // A Dockerfile's `COPY --from`, putting the proxy into an application's
+    // image (docs/deploy.md).
+    "--from",
 ];
 
 /// Every `--flag` token in `text` (not the middle of a word like `a--b`).
@@ -470,11 +473,16 @@ fn every_flag_the_docs_name_is_a_flag_of_the_binary() {
 
 /// The `toml` block under `## Every key` in docs/config.md.
 fn documented_config() -> String {
+    config_block("## Every key")
+}
+
+/// The first `toml` block after `heading` in docs/config.md.
+fn config_block(heading: &str) -> String {
     let text = std::fs::read_to_string(repo_root().join("docs/config.md")).unwrap();
     let section = text
-        .split("## Every key")
+        .split(heading)
         .nth(1)
-        .expect("docs/config.md: ## Every key");
+        .unwrap_or_else(|| panic!("docs/config.md: {heading}"));
     let block = section.split("```toml\n").nth(1).expect("a ```toml block");
     block.split("```").next().unwrap().to_string()
 }
@@ -521,6 +529,58 @@ fn config_keys_are_the_daemons_flags_and_the_binary_takes_the_example() {
     assert!(
         code == 1 && err.contains("cannot listen"),
         "the documented config file was refused (exit {code}): {err}"
+    );
+}
+
+#[test]
+fn the_proxys_config_keys_are_its_flags_and_the_binary_takes_the_example() {
+    let help = help_of_every_command();
+    let flags: BTreeSet<String> = help[&format!("{PROGRAM} proxy")]
+        .flags
+        .iter()
+        .filter_map(|f| f.spec.split([' ', '[']).find_map(|w| w.strip_prefix("--")))
+        .map(|name| name.trim_end_matches(',').replace('-', "_"))
+        .filter(|k| !["config", "help"].contains(&k.as_str()))
+        .chain(["command".to_string()])
+        .collect();
+    let example = config_block("## The proxy's keys");
+    // Commented keys count: a command and a start command exclude each other.
+    let keys: BTreeSet<String> = example
+        .lines()
+        .map(|l| l.trim_start_matches(['#', ' ']))
+        .filter(|l| {
+            l.split('=').next().is_some_and(|k| {
+                let k = k.trim();
+                !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+            }) && l.contains(" = ")
+        })
+        .map(|l| l.split('=').next().unwrap().trim().to_string())
+        .collect();
+    let undocumented: Vec<_> = flags.difference(&keys).collect();
+    let unknown: Vec<_> = keys.difference(&flags).collect();
+    assert!(
+        undocumented.is_empty() && unknown.is_empty(),
+        "docs/config.md `## The proxy's keys`: flags without a key there: {undocumented:?}; \
+         keys that are no flag: {unknown:?}"
+    );
+
+    // A busy listen address stops the proxy after parsing and checking
+    // every service: "in use" proves the file was accepted.
+    let file = std::env::temp_dir().join(format!("docs-proxy-{}.toml", std::process::id()));
+    std::fs::write(&file, &example).unwrap();
+    let (busy, port) = busy_port();
+    let (code, _, err) = run(&[
+        "proxy",
+        "-config",
+        file.to_str().unwrap(),
+        "-proxy",
+        &format!("0.0.0.0:{port} 127.0.0.1:1"),
+    ]);
+    std::fs::remove_file(&file).unwrap();
+    drop(busy);
+    assert!(
+        code == 2 && err.contains("in use"),
+        "the documented proxy config file was refused (exit {code}): {err}"
     );
 }
 

@@ -6,7 +6,7 @@
 
 use std::{
     io::{BufRead, BufReader, ErrorKind, Read, Write},
-    net::{Ipv4Addr, SocketAddr, TcpStream},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
@@ -17,6 +17,7 @@ use serde_json::Value;
 use test_support::{
     Netns, binary, eventually, free_port, http,
     prometheus::{parse as parse_metrics, sample},
+    require_ebpf,
     sockets::connect_from,
 };
 
@@ -1399,4 +1400,290 @@ fn with_a_check_url_clients_wait_until_it_answers_200() {
     let service = proxy.service();
     let cold = service["last_cold_start_seconds"].as_f64().unwrap();
     assert!(cold >= 1.0, "forwarded before /ready existed: {service}");
+}
+
+/// A proxy for one `echo-backend` on `target` that stops it after 1 s
+/// without proxied connections, with the tracker's `flags`; returned once
+/// the tracker follows the target's port and a first client has started
+/// the backend.
+fn tracked_proxy(tag: &str, flags: &[&str]) -> (Proxy, PathBuf, u16) {
+    let dir = scratch(tag);
+    let log = dir.join("backend.log");
+    let (listen, target) = (free_port(), free_port());
+    let pair = pair(listen, target);
+    let target_text = target.to_string();
+    let mut args = vec!["-proxy", &pair, "-stop-after", "1s"];
+    args.extend_from_slice(flags);
+    args.extend([BACKEND, "--log", log.to_str().unwrap(), &target_text]);
+    let proxy = Proxy::start(&args, 1);
+    eventually(Duration::from_secs(10), || {
+        (proxy.count("tracking the targets' ports") > 0)
+            .then_some(())
+            .ok_or(proxy.log())
+    });
+    expect_echo(listen, b"started through the proxy");
+    (proxy, log, target)
+}
+
+/// The backend's log has its stop signal.
+fn stopped(log: &Path) -> bool {
+    backend_log(log).iter().any(|l| l == "signal 15")
+}
+
+/// A connection of the pod's own, straight to the backend's port from
+/// `from`, echoing (so established on both sides).
+fn own_connection(from: IpAddr, target: u16) -> TcpStream {
+    let mut own = connect_from(from, SocketAddr::from((Ipv4Addr::LOCALHOST, target)));
+    own.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    own.write_all(b"x").unwrap();
+    own.read_exact(&mut [0u8; 1]).unwrap();
+    own
+}
+
+const HELD: &str = "not stopping yet";
+
+#[test]
+fn the_pods_own_connection_to_the_backend_holds_the_idle_stop_until_it_closes() {
+    require_ebpf!();
+    let (proxy, log, target) = tracked_proxy("own-traffic", &["--source", "ebpf"]);
+    let own = own_connection(IpAddr::V4(Ipv4Addr::LOCALHOST), target);
+    // Three times stop_after with no proxied connection.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        !stopped(&log),
+        "stopped under the pod's own client:\n{}",
+        proxy.log()
+    );
+    assert_eq!(proxy.count("idle: stopping"), 0, "{}", proxy.log());
+    assert_eq!(proxy.count(HELD), 1, "{}", proxy.log());
+    let closed = Instant::now();
+    drop(own);
+    eventually(Duration::from_secs(10), || {
+        stopped(&log).then_some(()).ok_or(proxy.log())
+    });
+    let after = closed.elapsed();
+    // stop_after counts from the close the kernel saw; the proxy reads the
+    // tracker at least once a second.
+    assert!(
+        after >= Duration::from_millis(950) && after < Duration::from_secs(4),
+        "stopped {after:?} after the pod's own connection closed (stop_after 1s):\n{}",
+        proxy.log()
+    );
+    assert_eq!(starts(&log), 1);
+}
+
+#[test]
+fn the_proxys_own_connections_do_not_hold_the_idle_stop_even_from_time_wait() {
+    require_ebpf!();
+    let (proxy, log, target) = tracked_proxy("own-excluded", &["--source", "ebpf"]);
+    let listen: u16 = proxy
+        .log()
+        .split("listen=\"127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    // The backend closes first: its side of the proxied connection lingers
+    // in TIME_WAIT on its port for a minute, from the proxy's own address.
+    let mut client = TcpStream::connect((Ipv4Addr::LOCALHOST, listen)).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    client.write_all(b"CLOSE\n").unwrap();
+    let mut rest = Vec::new();
+    client.read_to_end(&mut rest).unwrap();
+    let quiet = Instant::now();
+    drop(client);
+    let ss = Command::new("ss")
+        .args([
+            "-Htn",
+            "state",
+            "time-wait",
+            &format!("( sport = :{target} )"),
+        ])
+        .output()
+        .unwrap();
+    let ss = String::from_utf8_lossy(&ss.stdout);
+    assert!(
+        ss.contains("127.0.83.80:"),
+        "no TIME_WAIT from the proxy's address on the backend's port: {ss}"
+    );
+    eventually(Duration::from_secs(10), || {
+        stopped(&log).then_some(()).ok_or(proxy.log())
+    });
+    assert!(
+        quiet.elapsed() < Duration::from_secs(4),
+        "stopped only {:?} after the last proxied connection",
+        quiet.elapsed()
+    );
+    assert_eq!(proxy.count(HELD), 0, "{}", proxy.log());
+}
+
+#[test]
+fn an_ignored_peers_connection_to_the_backend_does_not_hold_the_idle_stop() {
+    require_ebpf!();
+    let prober = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 9));
+    let (proxy, log, target) = tracked_proxy(
+        "own-ignored",
+        &["--source", "ebpf", "--ignore-peer", "127.0.0.9/32"],
+    );
+    let quiet = Instant::now();
+    let _ignored = own_connection(prober, target);
+    // The same connection from 127.0.0.1 holds the stop (the test above):
+    // the filter is what lets it through.
+    eventually(Duration::from_secs(10), || {
+        stopped(&log).then_some(()).ok_or(proxy.log())
+    });
+    assert!(
+        quiet.elapsed() < Duration::from_secs(4),
+        "stopped only {:?} after the last proxied connection",
+        quiet.elapsed()
+    );
+    assert_eq!(proxy.count(HELD), 0, "{}", proxy.log());
+}
+
+/// Connects to `target` and closes at once, every 100 ms, until `log`
+/// shows the stop or `limit` passes; whether it stopped, and when.
+fn probe_until_stopped(target: u16, log: &Path, limit: Duration) -> Option<Duration> {
+    let from = Instant::now();
+    while from.elapsed() < limit {
+        if stopped(log) {
+            return Some(from.elapsed());
+        }
+        if let Ok(probe) = TcpStream::connect((Ipv4Addr::LOCALHOST, target)) {
+            drop(probe);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stopped(log).then(|| from.elapsed())
+}
+
+#[test]
+fn with_activity_min_age_short_probes_of_the_backend_do_not_hold_the_idle_stop() {
+    require_ebpf!();
+    // Without the filter, the same probes are activity: it stays up.
+    let (proxy, log, target) = tracked_proxy("probes-count", &["--source", "ebpf"]);
+    let stop = probe_until_stopped(target, &log, Duration::from_secs(3));
+    assert_eq!(stop, None, "probes did not hold it:\n{}", proxy.log());
+    assert_eq!(proxy.count(HELD), 1, "{}", proxy.log());
+    drop(proxy);
+
+    let (proxy, log, target) = tracked_proxy(
+        "probes-young",
+        &["--source", "ebpf", "--activity-min-age", "2s"],
+    );
+    let stop = probe_until_stopped(target, &log, Duration::from_secs(10));
+    assert!(
+        stop.is_some_and(|t| t < Duration::from_secs(4)),
+        "stopped after {stop:?} despite --activity-min-age 2s:\n{}",
+        proxy.log()
+    );
+    assert_eq!(proxy.count(HELD), 0, "{}", proxy.log());
+}
+
+#[test]
+fn a_tracker_that_cannot_open_is_one_line_and_idle_follows_proxied_connections() {
+    let (listen, target) = (free_port(), free_port());
+    let dir = scratch("no-tracker");
+    let log = dir.join("backend.log");
+    let pair = pair(listen, target);
+    let target_text = target.to_string();
+    let proxy = Proxy::start(
+        &[
+            "-proxy",
+            &pair,
+            "-stop-after",
+            "1s",
+            "--source",
+            "ebpf",
+            "--kernel-btf",
+            "/nonexistent/vmlinux",
+            BACKEND,
+            "--log",
+            log.to_str().unwrap(),
+            &target_text,
+        ],
+        1,
+    );
+    eventually(Duration::from_secs(10), || {
+        (proxy.count("tracker unavailable") == 1)
+            .then_some(())
+            .ok_or(proxy.log())
+    });
+    expect_echo(listen, b"still proxies");
+    let _own = own_connection(IpAddr::V4(Ipv4Addr::LOCALHOST), target);
+    eventually(Duration::from_secs(10), || {
+        stopped(&log).then_some(()).ok_or(proxy.log())
+    });
+    assert_eq!(proxy.count("tracker unavailable"), 1, "{}", proxy.log());
+}
+
+#[test]
+fn a_toml_config_sets_the_proxys_flags_and_a_yaml_one_beside_it_adds_services() {
+    let dir = scratch("toml");
+    let log = dir.join("backend.log");
+    let (listen, target, other_listen, other_target) =
+        (free_port(), free_port(), free_port(), free_port());
+    let toml = dir.join("proxy.toml");
+    std::fs::write(
+        &toml,
+        format!(
+            "proxy = [\"{}\"]\nstop_after = \"1s\"\nstop_signal = \"INT\"\nserve_port = 0\nsource = \"proc\"\ncommand = [\"{BACKEND}\", \"--log\", \"{}\", \"{target}\"]\n",
+            pair(listen, target),
+            log.display()
+        ),
+    )
+    .unwrap();
+    let yaml = dir.join("services.yaml");
+    std::fs::write(
+        &yaml,
+        format!(
+            "services:\n  - name: other\n    proxy: {{'127.0.0.1:{other_listen}': '127.0.0.1:{other_target}'}}\n"
+        ),
+    )
+    .unwrap();
+    // The flag wins over the file's stop_signal (INT).
+    let proxy = Proxy::start(
+        &[
+            "-config",
+            toml.to_str().unwrap(),
+            "-config",
+            yaml.to_str().unwrap(),
+            "-stop-signal",
+            "TERM",
+        ],
+        2,
+    );
+    let (code, body) = http_get(proxy.serve_port(), "/");
+    assert_eq!(code, 200);
+    let names: Vec<&str> = body["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["other", &format!("port-{listen}")]);
+    expect_echo(listen, b"from the toml file");
+    eventually(Duration::from_secs(10), || {
+        stopped(&log)
+            .then_some(())
+            .ok_or(format!("{:?}", backend_log(&log)))
+    });
+
+    for (text, needle) in [
+        ("stop_afterr = \"1s\"\n", "unknown key `stop_afterr`"),
+        ("stop_after = \"soon\"\n", "key `stop_after`"),
+        ("source = \"magic\"\n", "key `source`"),
+        ("config = \"other.yaml\"\n", "unknown key `config`"),
+    ] {
+        std::fs::write(&toml, text).unwrap();
+        let (code, stderr) = run(&["-config", toml.to_str().unwrap()]);
+        assert_eq!(code, 2, "{text}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{text}: {stderr}");
+        assert!(
+            stderr.contains(needle) && stderr.contains("proxy.toml"),
+            "{text}: {stderr}"
+        );
+    }
 }

@@ -11,6 +11,10 @@ usage: check_manifests.py DEPLOY_DIR IMAGE
   (URLs below), required keys present, KEDA trigger metadata all strings.
 - Cross-references: images of the tracker are IMAGE, the seccomp profile named
   exists, Services/ServiceMonitors/ScaledObjects point at what the files define.
+- The lazy-start proxy (`spawner-sidecar proxy` as a container's command): a
+  Service selects its pods and targets a port it holds, never the server's
+  behind it (refused while stopped), and no probe hits a port it holds (each
+  probe would start the server).
 Prints one line per document and check; exits 1 on the first failing file.
 """
 import copy
@@ -224,6 +228,76 @@ def check_tracker_names(doc, docs_dir):
                     raise Bad(f"query names {name}, which docs/metrics.md does not document")
 
 
+def proxy_arguments(container):
+    """The words after `spawner-sidecar proxy` in the container's command
+    and args, or None when it does not run the proxy."""
+    words = [str(w) for w in container.get("command", []) + container.get("args", [])]
+    for i, word in enumerate(words[:-1]):
+        if word.rsplit("/", 1)[-1] == TRACKER and words[i + 1] == "proxy":
+            return words[i + 2:]
+    return None
+
+
+def flag_values(words, names):
+    """Values of the flags `names` (`-f V`, `-f=V`), up to `--`."""
+    values, i = [], 0
+    while i < len(words) and words[i] != "--":
+        name, eq, value = words[i].partition("=")
+        if name in names:
+            if eq:
+                values.append(value)
+            elif i + 1 < len(words):
+                values.append(words[i + 1])
+                i += 1
+        i += 1
+    return values
+
+
+def port_number(container, port):
+    """A probe's or Service's port: a number, or the name of a container port."""
+    if isinstance(port, int):
+        return port
+    for p in container.get("ports", []):
+        if p.get("name") == port:
+            return p["containerPort"]
+    return int(port) if str(port).isdigit() else None
+
+
+def check_proxy(doc, services):
+    spec = pod_spec(doc)
+    if spec is None:
+        return
+    labels = doc.get("spec", {}).get("template", {}).get("metadata", {}).get("labels", {})
+    for c in spec.get("initContainers", []) + spec.get("containers", []):
+        words = proxy_arguments(c)
+        if words is None:
+            continue
+        held, behind = set(), set()
+        for pairs in flag_values(words, {"-proxy", "--proxy", "-p"}):
+            addresses = pairs.split()
+            held |= {int(a.rsplit(":", 1)[1]) for a in addresses[0::2]}
+            behind |= {int(a.rsplit(":", 1)[1]) for a in addresses[1::2] if not a.startswith("exec:")}
+        if not held:
+            raise Bad(f"container {c['name']}: runs the proxy without -proxy pairs")
+        for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+            probe = c.get(kind) or {}
+            action = probe.get("httpGet") or probe.get("tcpSocket") or {}
+            port = port_number(c, action.get("port"))
+            if port in held:
+                raise Bad(f"container {c['name']}: {kind} on port {port}, which the proxy holds: each probe would start the server")
+        selecting = [s for s in services
+                     if s["spec"].get("selector") and s["spec"]["selector"].items() <= labels.items()]
+        if not selecting:
+            raise Bad(f"no Service in deploy/ selects the pods of the proxy in {c['name']}")
+        for service in selecting:
+            for p in service["spec"]["ports"]:
+                target = port_number(c, p.get("targetPort", p["port"]))
+                if target in behind:
+                    raise Bad(f"Service {service['metadata']['name']} targets port {target}, the server behind the proxy: refused while it is stopped")
+                if target not in held:
+                    raise Bad(f"Service {service['metadata']['name']} targets port {target}, which the proxy does not hold")
+
+
 def newest_minors(n):
     """The newest n minor versions, as full versions the library knows."""
     by_minor = {}
@@ -270,6 +344,7 @@ def main():
                 check_tracker_names(doc, os.path.join(deploy_dir, "..", "docs"))
             if doc["kind"] == "ServiceMonitor":
                 check_service_monitor(doc, services)
+            check_proxy(doc, services)
             print(f"[manifests] ok: {what} ({how})")
         except Bad as e:
             print(f"[manifests] FAILED: {what}: {e}")
@@ -290,6 +365,21 @@ def main():
             failed = True
         except kubernetes_validate.ValidationError:
             print("[manifests] ok: a misspelt field fails strict validation")
+    # The proxy check must be able to fail too: a readiness probe on the
+    # port the proxy holds.
+    proxied = next((d for _, d in docs if any(
+        proxy_arguments(c) is not None for c in (pod_spec(d) or {}).get("containers", []))), None)
+    if proxied is not None:
+        bad = copy.deepcopy(proxied)
+        container = next(c for c in pod_spec(bad)["containers"] if proxy_arguments(c) is not None)
+        held = flag_values(proxy_arguments(container), {"-proxy", "--proxy", "-p"})[0].split()[0]
+        container["readinessProbe"] = {"tcpSocket": {"port": int(held.rsplit(":", 1)[1])}}
+        try:
+            check_proxy(bad, services)
+            print("[manifests] FAILED: a probe on the proxy's port passed the proxy check")
+            failed = True
+        except Bad:
+            print("[manifests] ok: a probe on the proxy's port fails the proxy check")
     sys.exit(1 if failed else 0)
 
 

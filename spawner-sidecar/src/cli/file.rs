@@ -3,12 +3,13 @@
 //! flags' defaults (so flags and environment variables still win) and go
 //! through each flag's own value parser first, so a bad value fails the way
 //! a bad flag does, naming the file and the key instead. Any command can be
-//! layered this way; the daemon is the first.
+//! layered this way: the daemon's flags, and the proxy's.
 use std::path::Path;
 
 use clap::error::ErrorKind;
 
-/// Keys the file may not set: they are not settings of the daemon.
+/// Keys the file may not set: they are not settings (the proxy's `config`
+/// is the file itself, or ynetd's YAML, given on the command line).
 const NOT_IN_FILE: &[&str] = &["config", "help", "version"];
 
 fn file_error(file: &Path, message: impl std::fmt::Display) -> clap::Error {
@@ -27,7 +28,9 @@ fn check_value(arg: &clap::Arg, value: &str) -> Result<(), String> {
             .num_args(1)
             .value_parser(arg.get_value_parser().clone()),
     );
-    let error = match probe.try_get_matches_from(["--value", value]) {
+    // `--value=VALUE`: a value that starts with a dash (a command's own
+    // flag, in the proxy's `command` list) is still a value.
+    let error = match probe.try_get_matches_from([format!("--value={value}")]) {
         Ok(_) => return Ok(()),
         Err(e) => e,
     };
@@ -102,7 +105,10 @@ pub fn with_file_defaults(
                 .collect(),
             None => values,
         };
-        if values.len() != 1 && arg.get_value_delimiter().is_none() {
+        // A repeatable flag (`--proxy`, the proxy's command) takes a list.
+        let repeats = arg.get_value_delimiter().is_some()
+            || matches!(arg.get_action(), clap::ArgAction::Append);
+        if values.len() != 1 && !repeats {
             return Err(file_error(
                 file,
                 format!("key `{key}`: takes one value, not a list"),

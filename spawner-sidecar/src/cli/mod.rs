@@ -55,6 +55,9 @@ pub fn parse(args: Vec<OsString>) -> Result<Cli, clap::Error> {
         command = command.mut_args(|a| a.env(None::<&str>));
     }
     let matches = command.clone().try_get_matches_from(&args)?;
+    if let Some(("proxy", proxy_matches)) = matches.subcommand() {
+        return proxy_with_files(command, proxy_matches, &args);
+    }
     // Node mode takes the same file, for its own flags.
     let node_file = match matches.subcommand() {
         Some(("node", sub)) => sub.get_one::<PathBuf>("config").cloned(),
@@ -104,6 +107,31 @@ pub fn parse(args: Vec<OsString>) -> Result<Cli, clap::Error> {
         tracing::debug!(file = %file.display(), keys = ?file_keys, "config file read");
     }
     Ok(cli)
+}
+
+/// The proxy's `-config` names ynetd's YAML file of services, or (a file
+/// named `*.toml`) our layer of the proxy's flags, as `--config` is the
+/// daemon's; several TOML files layer in the order given.
+fn proxy_with_files(
+    mut command: clap::Command,
+    matches: &clap::ArgMatches,
+    args: &[OsString],
+) -> Result<Cli, clap::Error> {
+    let files: Vec<&PathBuf> = matches
+        .get_many::<PathBuf>("config")
+        .into_iter()
+        .flatten()
+        .filter(|f| proxy::is_toml(f))
+        .collect();
+    if !files.is_empty()
+        && let Some(mut layered) = command.find_subcommand("proxy").cloned()
+    {
+        for file in files {
+            layered = file::with_file_defaults(layered, file)?.0;
+        }
+        command = command.mut_subcommand("proxy", |_| layered);
+    }
+    Cli::from_arg_matches(&command.try_get_matches_from(args)?)
 }
 
 #[cfg(test)]

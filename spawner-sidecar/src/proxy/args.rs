@@ -13,7 +13,10 @@ use super::{
     signal::Signal,
     spec::{CheckUrl, IdleAction, parse_check_url},
 };
-use crate::{duration::parse_duration, source::peers::PeerNet};
+use crate::{
+    duration::parse_duration,
+    source::{SourceChoice, ebpf::kernel_btf::VMLINUX_BTF, peers::PeerNet},
+};
 
 /// Flags of `spawner-sidecar proxy`; each can also be set as
 /// `SPAWNER_SIDECAR_PROXY_<FLAG>`, and a flag wins over its variable.
@@ -125,14 +128,38 @@ pub struct Args {
           env = "SPAWNER_SIDECAR_PROXY_SHUTDOWN_TIMEOUT")]
     pub shutdown_timeout: Duration,
 
-    /// ynetd's YAML file of services (`services:` list); the command line adds one more
+    /// Where the tracker sees the pod's own connections to a target's port; auto picks the best that works here
+    #[arg(long, value_name = "SOURCE", value_enum, default_value_t = SourceChoice::Auto,
+          env = "SPAWNER_SIDECAR_PROXY_SOURCE")]
+    pub source: SourceChoice,
+
+    /// Kernel BTF to take struct offsets from, for kernels that keep it elsewhere
+    #[arg(long, value_name = "PATH", default_value = VMLINUX_BTF,
+          env = "SPAWNER_SIDECAR_PROXY_KERNEL_BTF")]
+    pub kernel_btf: PathBuf,
+
+    /// Connections from this CIDR to a target's port do not keep its service up; repeatable or comma-separated, at most 255
+    #[arg(
+        long,
+        value_name = "CIDR",
+        value_delimiter = ',',
+        env = "SPAWNER_SIDECAR_PROXY_IGNORE_PEER"
+    )]
+    pub ignore_peer: Vec<PeerNet>,
+
+    /// Connections to a target's port that close younger than this do not keep its service up (probes)
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration,
+          env = "SPAWNER_SIDECAR_PROXY_ACTIVITY_MIN_AGE")]
+    pub activity_min_age: Duration,
+
+    /// ynetd's YAML file of services, or (named *.toml) our TOML file of these flags; repeatable
     #[arg(
         short = 'c',
         long,
         value_name = "FILE",
         env = "SPAWNER_SIDECAR_PROXY_CONFIG"
     )]
-    pub config: Option<PathBuf>,
+    pub config: Vec<PathBuf>,
 
     /// HTTP port for the status page and /metrics (none unless given; 0 picks a free port)
     #[arg(long, value_name = "PORT", env = "SPAWNER_SIDECAR_PROXY_SERVE_PORT")]
@@ -154,6 +181,13 @@ pub struct Args {
         allow_hyphen_values = true
     )]
     pub command: Vec<String>,
+}
+
+/// Whether `-config FILE` names our TOML file of flags (by its extension)
+/// rather than ynetd's YAML file of services.
+pub fn is_toml(path: &std::path::Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("toml"))
 }
 
 /// Names (without dashes) of the long flags and aliases of [`Args`] that

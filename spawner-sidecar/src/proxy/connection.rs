@@ -11,6 +11,7 @@ use tracing::{debug, info, warn};
 
 use super::{
     address::{Target, join},
+    dial,
     forward::{self, forward},
     ready,
     service::{NotReady, Raised, Service},
@@ -166,7 +167,7 @@ async fn reach(
             .map_err(Dropped::Resolve)?;
         let mut pause = ready::FIRST_RETRY;
         loop {
-            match TcpStream::connect(address.as_str()).await {
+            match dial::connect(&address, service.dial_local()).await {
                 Ok(backend) => return Ok(backend),
                 Err(e) if start.is_some() && e.kind() == ErrorKind::ConnectionRefused => {
                     if !start.is_some_and(|s| service.is_running(s)) {

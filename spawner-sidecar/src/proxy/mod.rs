@@ -12,6 +12,7 @@ mod args;
 mod backend;
 mod child;
 mod connection;
+mod dial;
 mod forward;
 mod listener;
 mod metrics;
@@ -21,6 +22,7 @@ mod signal;
 mod spec;
 mod status;
 mod supervisor;
+mod tracker;
 mod yaml;
 
 use std::{future::Future, process::ExitCode, sync::Arc};
@@ -28,8 +30,10 @@ use std::{future::Future, process::ExitCode, sync::Arc};
 use tokio::{sync::watch, task::JoinSet};
 use tracing::{info, warn};
 
-pub use self::args::{Args, normalise};
-use self::{connection::OpenCount, service::Service, spec::ProxyConfig};
+pub use self::args::{Args, is_toml, normalise};
+use self::{
+    connection::OpenCount, dial::Local, service::Service, spec::ProxyConfig, tracker::Tracker,
+};
 use crate::{
     runtime::{self, Threads},
     serve,
@@ -81,6 +85,10 @@ pub fn main(args: Args) -> ExitCode {
     };
     let shutdown = runtime::shutdown_signal(&runtime);
     runtime.block_on(run(config, bound, page, shutdown));
+    // The services are stopped; what may be left on the blocking pool (the
+    // tracker still resolving a target's name, or a read of its source)
+    // must not hold up the exit.
+    runtime.shutdown_background();
     ExitCode::SUCCESS
 }
 
@@ -93,12 +101,28 @@ async fn run(
     shutdown: impl Future<Output = ()>,
 ) {
     let metrics = metrics::Metrics::new();
+    // Opened in the background: loading the kernel program must not delay
+    // the first clients; until it is open, idle is judged by proxied
+    // connections alone.
+    let tracker = config
+        .services
+        .iter()
+        .any(tracker::wanted)
+        .then(|| Tracker::new(Local::read()));
+    if let Some(tracker) = &tracker {
+        let (tracker, specs, settings) = (
+            tracker.clone(),
+            config.services.clone(),
+            config.tracker.clone(),
+        );
+        tokio::task::spawn_blocking(move || tracker.open(&specs, &settings));
+    }
     let services: Vec<Arc<Service>> = config
         .services
         .into_iter()
         .map(|spec| {
             let handles = metrics.service(&spec.name);
-            Service::new(spec, handles)
+            Service::new(spec, handles, tracker.clone())
         })
         .collect();
     let (stop_accepting, accepting) = watch::channel(false);

@@ -5,9 +5,11 @@
 //! URL, readiness also needs it to answer 200-399 (the heartbeat's check).
 use std::time::Duration;
 
-use tokio::net::TcpStream;
-
-use super::{address::Target, spec::CheckUrl};
+use super::{
+    address::{Target, join},
+    dial::{self, Local},
+    spec::CheckUrl,
+};
 use crate::heartbeat::check::Checker;
 
 /// Limit of one HTTP readiness check.
@@ -24,14 +26,17 @@ pub fn next_pause(pause: Duration) -> Duration {
 /// Resolves once every target accepts a connection (probe connections are
 /// closed at once). Cancel by dropping: the caller races it with the
 /// child's exit. `exec:` targets cannot be probed and are skipped.
-pub async fn wait(targets: &[Target], check_url: Option<&CheckUrl>) {
+/// Probes come from where the service's clients will (`local`: see
+/// [`dial::connect`]), so that the tracker does not take them for the pod's.
+pub async fn wait(targets: &[Target], check_url: Option<&CheckUrl>, local: Option<&Local>) {
     for target in targets {
         let Target::Host { host, port } = target else {
             continue;
         };
+        let address = join(host, *port);
         let mut pause = FIRST_RETRY;
         loop {
-            if TcpStream::connect((host.as_str(), *port)).await.is_ok() {
+            if dial::connect(&address, local).await.is_ok() {
                 break;
             }
             tokio::time::sleep(pause).await;

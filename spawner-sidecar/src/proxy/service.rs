@@ -17,7 +17,12 @@ use tokio::{
     time::Instant,
 };
 
-use super::{metrics::ServiceMetrics, spec::ServiceSpec};
+use super::{
+    dial::Local,
+    metrics::ServiceMetrics,
+    spec::ServiceSpec,
+    tracker::{self, Tracker},
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -94,6 +99,10 @@ pub struct Service {
     /// stale permit never starts an unwanted process.
     pub wake: Notify,
     pub metrics: ServiceMetrics,
+    /// For a service that can stop for idleness: the pod's own traffic to
+    /// its targets holds the stop off, and it dials local IPv4 targets from
+    /// the proxy's own address so that its connections are not taken for it.
+    pub tracker: Option<Arc<Tracker>>,
     /// When the pending cold start was asked for; the first client to
     /// reach the backend after it takes it and records the duration.
     cold_start_from: Mutex<Option<Instant>>,
@@ -102,7 +111,12 @@ pub struct Service {
 }
 
 impl Service {
-    pub fn new(spec: ServiceSpec, metrics: ServiceMetrics) -> Arc<Self> {
+    pub fn new(
+        spec: ServiceSpec,
+        metrics: ServiceMetrics,
+        tracker: Option<Arc<Tracker>>,
+    ) -> Arc<Self> {
+        let tracker = tracker.filter(|_| tracker::wanted(&spec));
         let phase = if spec.is_forwarder() {
             Phase::Forwarder
         } else {
@@ -121,6 +135,7 @@ impl Service {
             }),
             wake: Notify::new(),
             metrics,
+            tracker,
             cold_start_from: Mutex::new(None),
             last_cold_start_us: AtomicU64::new(0),
         })
@@ -171,6 +186,12 @@ impl Service {
                 return Err(NotReady::Closed);
             }
         }
+    }
+
+    /// What [`super::dial::connect`] needs: the namespace's addresses when
+    /// this service's local targets are dialed from the proxy's own address.
+    pub fn dial_local(&self) -> Option<&Local> {
+        self.tracker.as_deref().map(Tracker::local)
     }
 
     /// Whether a client would be forwarded at once.

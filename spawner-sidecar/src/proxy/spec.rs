@@ -7,8 +7,9 @@ use super::{
     Args,
     address::{Listen, Route, Target, parse_pairs},
     admission::Admission,
+    args::is_toml,
     signal::Signal,
-    yaml,
+    tracker, yaml,
 };
 use crate::{duration::parse_duration, source::peers::PeerNet};
 
@@ -101,6 +102,7 @@ impl ServiceSpec {
 pub struct ProxyConfig {
     pub services: Vec<ServiceSpec>,
     pub shutdown_timeout: Duration,
+    pub tracker: tracker::Settings,
 }
 
 fn nonzero(d: Duration) -> Option<Duration> {
@@ -202,7 +204,8 @@ fn from_yaml(
 /// Every service, the file's first. Errors are one line.
 pub fn build(args: &Args) -> Result<ProxyConfig, String> {
     let mut services = Vec::new();
-    if let Some(path) = &args.config {
+    // A TOML file is a layer of the flags, read with them (`cli`).
+    for path in args.config.iter().filter(|p| !is_toml(p)) {
         let file = yaml::read(path)?;
         for (i, s) in file.services.into_iter().enumerate() {
             services.push(
@@ -240,7 +243,7 @@ pub fn build(args: &Args) -> Result<ProxyConfig, String> {
         });
     }
     if services.is_empty() {
-        return Err("nothing to proxy: give -proxy \"LISTEN TARGET\" or -config FILE".into());
+        return Err("nothing to proxy: give -proxy \"LISTEN TARGET\" or -config FILE.yaml".into());
     }
     for s in &services {
         s.check().map_err(|e| format!("service {}: {e}", s.name))?;
@@ -254,9 +257,17 @@ pub fn build(args: &Args) -> Result<ProxyConfig, String> {
             ));
         }
     }
+    let tracker = tracker::Settings {
+        source: args.source,
+        kernel_btf: args.kernel_btf.clone(),
+        ignore_peer: args.ignore_peer.clone(),
+        activity_min_age: args.activity_min_age,
+    };
+    tracker.check()?;
     Ok(ProxyConfig {
         services,
         shutdown_timeout: args.shutdown_timeout,
+        tracker,
     })
 }
 

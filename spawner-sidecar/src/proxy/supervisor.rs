@@ -107,7 +107,7 @@ pub async fn supervise(service: Arc<Service>, mut shutdown: watch::Receiver<bool
         };
         let ready = tokio::select! {
             () = async {
-                ready::wait(&targets, service.spec.check_url.as_ref()).await;
+                ready::wait(&targets, service.spec.check_url.as_ref(), service.dial_local()).await;
                 tokio::time::sleep(service.spec.wait_after_start).await;
             } => None,
             status = process.wait() => Some(status),
@@ -247,38 +247,70 @@ pub fn stop_at(
     keep_until.map_or(at, |k| at.max(k))
 }
 
+/// How often the tracker is read while the pod's own traffic is what keeps
+/// an idle service up: the kernel's stamps make the eBPF source exact
+/// whenever it is read; the polling sources see only what is open when
+/// they look.
+const LOOK_EVERY: Duration = Duration::from_secs(1);
+
 /// Resolves once the service may be stopped for idleness (see
-/// [`stop_at`]); never without `stop_after`.
+/// [`stop_at`]); never without `stop_after`. When that moment comes, the
+/// tracker has its say: the pod's own connections to the targets' ports
+/// hold the stop until `stop_after` after their last activity.
 async fn idle(service: &Service, ran_at: Instant) {
     let Some(stop_after) = service.spec.stop_after else {
         return std::future::pending().await;
     };
     let mut load = service.load.subscribe();
+    // Logged once per stretch of holding.
+    let mut held = false;
     loop {
         let now = *load.borrow_and_update();
-        let changed = match now.idle_since {
-            None => load.changed().await,
-            Some(since) => {
-                let at = stop_at(
-                    since,
-                    ran_at,
-                    stop_after,
-                    service.spec.min_online,
-                    now.keep_until,
-                );
-                tokio::select! {
-                    () = tokio::time::sleep_until(at) => {
-                        if load.borrow().active == 0 {
-                            return;
-                        }
-                        Ok(())
+        let Some(since) = now.idle_since else {
+            held = false;
+            if load.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+            continue;
+        };
+        let mut at = stop_at(
+            since,
+            ran_at,
+            stop_after,
+            service.spec.min_online,
+            now.keep_until,
+        );
+        if Instant::now() >= at {
+            let until = match &service.tracker {
+                Some(tracker) => tracker
+                    .last_active(&service.spec.name)
+                    .await
+                    .map(|last| last + stop_after),
+                None => None,
+            };
+            match until {
+                Some(until) if until > Instant::now() => {
+                    if !held {
+                        held = true;
+                        info!(
+                            service = service.spec.name,
+                            "idle through the proxy, but the pod's own connections to its target are active: not stopping yet"
+                        );
                     }
-                    changed = load.changed() => changed,
+                    at = until.min(Instant::now() + LOOK_EVERY);
+                }
+                // Unless a client came (and maybe went) while reading.
+                _ if !load.has_changed().unwrap_or(false) => return,
+                _ => continue,
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep_until(at) => {}
+            changed = load.changed() => {
+                if changed.is_err() {
+                    return std::future::pending().await;
                 }
             }
-        };
-        if changed.is_err() {
-            return std::future::pending().await;
         }
     }
 }

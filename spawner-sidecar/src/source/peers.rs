@@ -27,6 +27,13 @@ impl FromStr for PeerNet {
     }
 }
 
+impl From<IpAddr> for PeerNet {
+    /// One address: a network of its full length.
+    fn from(ip: IpAddr) -> Self {
+        PeerNet(IpNet::from(ip))
+    }
+}
+
 impl fmt::Display for PeerNet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)

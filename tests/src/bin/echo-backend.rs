@@ -8,7 +8,8 @@
 //! - listens on 127.0.0.1:PORT after `--delay` milliseconds (a slow start);
 //! - echoes; at the client's EOF writes `<eof>` and shuts down writing (so
 //!   a half-close round trip is visible); a line `RESET\n` makes it close
-//!   with a reset;
+//!   with a reset, a line `CLOSE\n` close first with a FIN (its side then
+//!   ends in TIME_WAIT, on its own port);
 //! - appends to `--log`: `start PID`, then `eof`/`reset` per connection,
 //!   and `signal N` for SIGTERM, SIGINT or SIGHUP (then exits 0), unless
 //!   `--ignore-term` makes it ignore SIGTERM (to test the SIGKILL fallback).
@@ -73,6 +74,11 @@ fn serve(mut stream: TcpStream) {
                         .set_linger(Some(Duration::ZERO))
                         .unwrap();
                     log("sent reset");
+                    return;
+                }
+                if pending.windows(6).any(|w| w == b"CLOSE\n") {
+                    let _ = stream.shutdown(std::net::Shutdown::Both);
+                    log("closed first");
                     return;
                 }
                 if pending.len() > 16 {
