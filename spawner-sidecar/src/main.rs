@@ -143,6 +143,10 @@ async fn run(
     ticker.abort();
     if let Some(hooks) = hooks {
         hooks.abort();
+        // Until the task is dropped, a hook still running keeps its process
+        // group: awaiting the cancelled task runs its GroupKill now, not
+        // never (the runtime is shut down without waiting for tasks).
+        let _ = hooks.await;
     }
     drop(source);
     info!("shut down");
