@@ -4,8 +4,12 @@
 //! The image runs as a non-root user. Kubernetes hands a non-root
 //! container's `capabilities.add` only to the bounding set (no ambient
 //! capabilities, kubernetes/kubernetes#56374), so the binary carries
-//! `cap_bpf,cap_perfmon+p` as file capabilities: at exec the kernel puts
-//! those of them the bounding set allows into the permitted set. They are
+//! `cap_bpf,cap_perfmon,cap_sys_admin,cap_sys_ptrace+p` as file
+//! capabilities: at exec the kernel puts those of them the bounding set
+//! allows into the permitted set. The bounding set is what the container
+//! was granted: a sidecar granted BPF and PERFMON gets those two only; node
+//! mode's DaemonSet also grants SYS_ADMIN (setns into pods' namespaces) and
+//! SYS_PTRACE (other processes' `ns/net` links). They are
 //! deliberately not marked effective: with the effective bit the kernel
 //! refuses to exec the binary at all when one is missing (a container
 //! without CAP_BPF must still start and fall back to sock-diag). So we raise
@@ -15,9 +19,15 @@
 //! this changes nothing.
 use caps::{CapSet, Capability};
 
-/// What the eBPF source needs: loading programs and maps, and reading
-/// kernel memory from a tracing program.
-const WANTED: [Capability; 2] = [Capability::CAP_BPF, Capability::CAP_PERFMON];
+/// What the eBPF source needs (loading programs and maps, reading kernel
+/// memory from a tracing program), and what node mode needs on top:
+/// entering other network namespaces and reading other processes' links.
+const WANTED: [Capability; 4] = [
+    Capability::CAP_BPF,
+    Capability::CAP_PERFMON,
+    Capability::CAP_SYS_ADMIN,
+    Capability::CAP_SYS_PTRACE,
+];
 
 /// Raises each wanted capability that is permitted but not effective.
 /// Failures are left to the source that needs the capability: it reports

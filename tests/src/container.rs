@@ -165,3 +165,43 @@ fn podman(args: &[&str]) -> String {
         .expect("run podman");
     String::from_utf8_lossy(&out.stdout).to_string()
 }
+
+/// A pod's cgroup as the kubelet's cgroupfs driver names it
+/// (`/kubepods/besteffort/pod<uid>`), given to podman as the container's
+/// `--cgroup-parent`: runc then creates the container's own cgroup below
+/// it in every hierarchy, as containerd or CRI-O do under a kubelet.
+/// Dropping it removes the pod's directories the runtime left (the
+/// kubelet's job); drop it after the containers in it.
+pub struct BestEffortPod {
+    pub uid: String,
+}
+
+impl BestEffortPod {
+    pub fn create() -> BestEffortPod {
+        BestEffortPod {
+            uid: test_support::pods::uuid_v4().unwrap(),
+        }
+    }
+
+    /// `--cgroup-parent=...` for `podman run`.
+    pub fn cgroup_parent_arg(&self) -> String {
+        format!("--cgroup-parent=/kubepods/besteffort/pod{}", self.uid)
+    }
+}
+
+impl Drop for BestEffortPod {
+    fn drop(&mut self) {
+        let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
+            return;
+        };
+        for hierarchy in hierarchies.flatten() {
+            let dir = hierarchy
+                .path()
+                .join(format!("kubepods/besteffort/pod{}", self.uid));
+            // podman's cgroupfs manager puts each container's conmon in
+            // `<parent>/conmon`, beside the container.
+            let _ = std::fs::remove_dir(dir.join("conmon"));
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}

@@ -15,6 +15,9 @@ usage: check_manifests.py DEPLOY_DIR IMAGE
   Service selects its pods and targets a port it holds, never the server's
   behind it (refused while stopped), and no probe hits a port it holds (each
   probe would start the server).
+- Node mode (`spawner-sidecar node`): the pod has hostPID (the tracker reads
+  the host's processes through its own /proc) and the container the
+  capabilities node mode needs (docs/node.md, Privileges).
 Prints one line per document and check; exits 1 on the first failing file.
 """
 import copy
@@ -27,6 +30,8 @@ import yaml
 from kubernetes_validate.utils import all_versions, major_minor
 
 TRACKER = "spawner-sidecar"
+# docs/node.md, Privileges: load the program, setns, read other processes.
+NODE_CAPABILITIES = {"BPF", "PERFMON", "SYS_ADMIN", "SYS_PTRACE"}
 
 # https://keda.sh/docs/2.20/reference/scaledobject-spec/
 SCALED_OBJECT_SPEC = {
@@ -177,6 +182,12 @@ def check_tracker_containers(doc, image, deploy_dir):
         profile = c.get("securityContext", {}).get("seccompProfile", {}).get("localhostProfile")
         if profile and not os.path.isfile(os.path.join(deploy_dir, "seccomp", profile)):
             raise Bad(f"container {c['name']}: seccomp profile {profile} is not in deploy/seccomp/")
+        if c.get("args", [None])[0] == "node":
+            if not spec.get("hostPID"):
+                raise Bad(f"container {c['name']} runs node mode without hostPID: it would see only its own processes")
+            added = set(c.get("securityContext", {}).get("capabilities", {}).get("add", []))
+            if not NODE_CAPABILITIES <= added:
+                raise Bad(f"container {c['name']}: node mode needs capabilities {sorted(NODE_CAPABILITIES - added)}")
     return found
 
 

@@ -3,8 +3,10 @@
 //!
 //! No registry is needed: the image holds the binary, the CA bundle for
 //! `heartbeat`'s HTTPS checks, and nothing else. The binary runs as an
-//! unprivileged user and carries `cap_bpf,cap_perfmon+p` as file
-//! capabilities (see spawner-sidecar/src/capabilities.rs for why `+p`).
+//! unprivileged user and carries `cap_bpf,cap_perfmon,cap_sys_admin,
+//! cap_sys_ptrace+p` as file capabilities (see spawner-sidecar/src/
+//! capabilities.rs for why `+p`: only those the container's bounding set
+//! holds become permitted, so a sidecar granted BPF and PERFMON gets no more).
 use std::{
     fs,
     path::{Path, PathBuf},
@@ -25,6 +27,9 @@ pub const REPOSITORY: &str = "localhost/spawner-sidecar";
 /// The unprivileged user the image runs as (the "nonroot" id distroless uses).
 pub const USER: &str = "65532:65532";
 const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+/// The binary's file capabilities: the eBPF source's two, and node mode's
+/// setns (SYS_ADMIN) and `/proc/<pid>/ns/net` reads (SYS_PTRACE).
+const FILE_CAPS: &str = "cap_bpf,cap_perfmon,cap_sys_admin,cap_sys_ptrace+p";
 
 /// `localhost/spawner-sidecar:<workspace version>`.
 pub fn name() -> String {
@@ -163,12 +168,7 @@ pub fn run() -> anyhow::Result<String> {
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| target_dir().join("image"));
-    run_checked(
-        Command::new("setcap")
-            .arg("cap_bpf,cap_perfmon+p")
-            .arg(&binary),
-        "setcap",
-    )?;
+    run_checked(Command::new("setcap").arg(FILE_CAPS).arg(&binary), "setcap")?;
     fs::copy(CA_BUNDLE, context.join("ca-certificates.crt"))
         .with_context(|| format!("cannot copy {CA_BUNDLE}"))?;
     fs::write(context.join("Containerfile"), containerfile())

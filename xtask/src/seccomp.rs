@@ -10,6 +10,15 @@
 //! The default lets bpf(2) through only with CAP_SYS_ADMIN; the tracker
 //! needs it with CAP_BPF. Nothing else is added: the program attaches
 //! through bpf(2) (BPF_RAW_TRACEPOINT_OPEN), not perf_event_open(2).
+//!
+//! Node mode also needs setns(2) (sock_diag inside each pod's namespace).
+//! The default already allows it: its unconditional allow list names
+//! setns, and so does its refusal for containers without CAP_SYS_ADMIN,
+//! listed later. runc applies the first entry that matches a syscall, so
+//! that refusal never applies to setns; we drop the dead name from it so
+//! the profile means the same to a runtime that resolved the duplicate
+//! otherwise. The derivation fails if the default ever stops allowing
+//! what the tracker calls (`NEEDED`).
 use std::{fs, path::PathBuf};
 
 use anyhow::{Context as _, bail};
@@ -21,6 +30,9 @@ pub const RUNTIME_DEFAULT: &str = "/usr/share/containers/seccomp.json";
 const CAPS: [&str; 2] = ["CAP_BPF", "CAP_PERFMON"];
 const ARCHES: [&str; 3] = ["amd64", "x86", "x32"];
 const ADDED: &str = "bpf";
+/// What the tracker calls that the default refuses to some containers:
+/// bpf(2) (every eBPF mode) and setns(2) (node mode).
+const NEEDED: [&str; 2] = [ADDED, "setns"];
 
 pub fn path() -> PathBuf {
     workspace_root().join("deploy/seccomp/spawner-sidecar.json")
@@ -76,6 +88,7 @@ pub fn derive(default_profile: &str) -> anyhow::Result<Value> {
             names.retain(|n| n != ADDED);
         }
     }
+    drop_shadowed_refusals(rules);
     rules.retain(|r| !strings(r.get("names")).is_empty());
     if rules
         .iter()
@@ -89,7 +102,41 @@ pub fn derive(default_profile: &str) -> anyhow::Result<Value> {
         "args": [],
         "comment": "spawner-sidecar: load its eBPF program and read its maps (with CAP_BPF, CAP_PERFMON)"
     }));
+    for name in NEEDED {
+        if first_rule_for(rules, name).and_then(|r| r["action"].as_str()) != Some("SCMP_ACT_ALLOW")
+        {
+            bail!("the derived profile does not allow {name}(2), which the tracker calls");
+        }
+    }
     Ok(profile)
+}
+
+/// The first rule naming `name`: the one runc applies.
+fn first_rule_for<'a>(rules: &'a [Value], name: &str) -> Option<&'a Value> {
+    rules
+        .iter()
+        .find(|r| strings(r.get("names")).contains(&name))
+}
+
+/// Removes from refusing rules the names an earlier unconditional allow
+/// rule already lets through (dead under runc's first-match order).
+fn drop_shadowed_refusals(rules: &mut [Value]) {
+    let mut allowed: Vec<String> = Vec::new();
+    for rule in rules.iter_mut() {
+        let unconditional = rule
+            .get("args")
+            .and_then(Value::as_array)
+            .is_none_or(|a| a.is_empty());
+        let allows = rule.get("action").and_then(Value::as_str) == Some("SCMP_ACT_ALLOW");
+        let Some(names) = rule.get_mut("names").and_then(Value::as_array_mut) else {
+            continue;
+        };
+        if allows && unconditional {
+            allowed.extend(names.iter().filter_map(Value::as_str).map(str::to_string));
+        } else if !allows && unconditional {
+            names.retain(|n| n.as_str().is_none_or(|n| !allowed.iter().any(|a| a == n)));
+        }
+    }
 }
 
 fn derived_text() -> anyhow::Result<String> {
@@ -127,4 +174,48 @@ pub fn check() -> anyhow::Result<()> {
         path().display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shape of containers-common's default, reduced to what matters.
+    fn default_with(allowed: &[&str]) -> String {
+        json!({
+            "defaultAction": "SCMP_ACT_ERRNO",
+            "syscalls": [
+                {"names": allowed, "action": "SCMP_ACT_ALLOW", "args": []},
+                {"names": ["bpf", "setns", "sethostname"], "action": "SCMP_ACT_ALLOW", "args": [],
+                 "includes": {"caps": ["CAP_SYS_ADMIN"]}},
+                {"names": ["bpf", "setns", "sethostname"], "action": "SCMP_ACT_ERRNO", "args": [],
+                 "excludes": {"caps": ["CAP_SYS_ADMIN"]}, "errnoRet": 1},
+            ]
+        })
+        .to_string()
+    }
+
+    fn names(rule: &Value) -> Vec<&str> {
+        strings(rule.get("names"))
+    }
+
+    #[test]
+    fn a_refusal_shadowed_by_an_earlier_allow_loses_the_name_and_bpf_is_added() {
+        let profile = derive(&default_with(&["read", "setns"])).expect("derives");
+        let rules = profile["syscalls"].as_array().expect("a list");
+        assert_eq!(rules.len(), 3, "{profile:#}");
+        assert_eq!(names(&rules[0]), ["read", "setns"]);
+        // The CAP_SYS_ADMIN-only allow is gone; the refusal keeps only what
+        // nothing allowed before it.
+        assert_eq!(rules[1]["action"], "SCMP_ACT_ERRNO");
+        assert_eq!(names(&rules[1]), ["sethostname"]);
+        assert_eq!(names(&rules[2]), ["bpf"]);
+        assert_eq!(rules[2]["action"], "SCMP_ACT_ALLOW");
+    }
+
+    #[test]
+    fn a_default_that_refuses_setns_fails_the_derivation() {
+        let err = derive(&default_with(&["read"])).expect_err("must fail");
+        assert!(err.to_string().contains("setns"), "{err}");
+    }
 }

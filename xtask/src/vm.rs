@@ -4,8 +4,9 @@
 //!
 //! KVM hangs on these machines, so QEMU emulates (TCG). The VM has no disk
 //! and no network: everything it needs is in the initramfs (busybox-static,
-//! the static tracker, the static checker, and the kernel's sock_diag
-//! modules, which Debian builds as modules).
+//! the static tracker, the static checker, the kernel's sock_diag modules,
+//! which Debian builds as modules, and this machine's `ss` with the shared
+//! libraries it loads: node mode's checks compare with it).
 use std::{
     fs,
     io::{BufRead as _, BufReader},
@@ -175,6 +176,7 @@ fn initramfs(kernel: &Path, tracker: &Path, checker: &Path) -> anyhow::Result<Pa
     copy(Path::new("/bin/busybox"), "bin/busybox")?;
     copy(tracker, "spawner-sidecar")?;
     copy(checker, "kernel-check")?;
+    copy_with_libraries(&which("ss")?, &root)?;
     for module in MODULES {
         let ko = format!("{module}.ko");
         let found = find_file(&kernel.join("lib/modules"), &|n| n == ko)
@@ -194,6 +196,45 @@ fn initramfs(kernel: &Path, tracker: &Path, checker: &Path) -> anyhow::Result<Pa
         "cpio",
     )?;
     Ok(image)
+}
+
+fn which(program: &str) -> anyhow::Result<PathBuf> {
+    let path = stdout(
+        Command::new("sh")
+            .arg("-c")
+            .arg("command -v \"$0\"")
+            .arg(program),
+        &format!("command -v {program}"),
+    )?;
+    Ok(PathBuf::from(path.trim()))
+}
+
+/// Copies `binary` to `/bin` in `root`, and every shared library `ldd`
+/// names (the loader included) to the same path there.
+fn copy_with_libraries(binary: &Path, root: &Path) -> anyhow::Result<()> {
+    let name = binary
+        .file_name()
+        .ok_or_else(|| anyhow!("{} has no file name", binary.display()))?;
+    fs::copy(binary, root.join("bin").join(name))
+        .with_context(|| format!("cannot copy {} into the initramfs", binary.display()))?;
+    let listed = stdout(Command::new("ldd").arg(binary), "ldd")?;
+    // `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)`, or the
+    // loader alone: `/lib64/ld-linux-x86-64.so.2 (0x...)`.
+    for line in listed.lines() {
+        let path = match line.split_once("=>") {
+            Some((_, right)) => right.split_whitespace().next(),
+            None => line.split_whitespace().next(),
+        };
+        let Some(path) = path.filter(|p| p.starts_with('/')) else {
+            continue; // linux-vdso.so.1: the kernel's
+        };
+        let to = root.join(path.trim_start_matches('/'));
+        if let Some(dir) = to.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        fs::copy(path, &to).with_context(|| format!("cannot copy {path} into the initramfs"))?;
+    }
+    Ok(())
 }
 
 /// Boots `vmlinuz` with `initrd`, streaming the console; Ok when the
@@ -282,7 +323,7 @@ fn printable(line: &str) -> String {
 pub fn run() -> anyhow::Result<()> {
     let started = Instant::now();
     apt::ensure(
-        &["qemu-system-x86", "busybox-static", "cpio"],
+        &["qemu-system-x86", "busybox-static", "cpio", "iproute2"],
         "the VM test",
     )?;
     let kernel = kernel_root()?;

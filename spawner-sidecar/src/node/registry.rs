@@ -118,8 +118,16 @@ impl Registry {
         }
     }
 
-    /// The pod of the processes `pids`, from their cgroups.
+    /// The pod of the processes `pids`, from their cgroups. Never for the
+    /// host's own namespace: processes there can sit in a pod's cgroup
+    /// without being in the pod's namespace (CRI-O's and podman's monitor,
+    /// conmon, runs in `crio-conmon-<id>` or `conmon` beside the pod's
+    /// containers), and a `hostNetwork` pod's connections are the host's,
+    /// answered by inode (docs/node.md).
     fn attribute(&self, netns: u32, pids: &[u32]) -> Option<Pod> {
+        if self.host.host_netns() == Some(netns) {
+            return None;
+        }
         let mut uid = None;
         let mut qos = None;
         let mut containers = Vec::new();

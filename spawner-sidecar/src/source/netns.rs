@@ -36,6 +36,8 @@ const PROC_SUPER_MAGIC: i128 = 0x9fa0;
 #[derive(Clone, Debug)]
 pub struct HostProc {
     root: PathBuf,
+    /// The host's own network namespace: that of its first processes.
+    host_netns: Option<u32>,
 }
 
 impl HostProc {
@@ -68,22 +70,30 @@ impl HostProc {
         // processes (init, kthreadd) are such processes. Either will do:
         // an init may forbid it for itself (not dumpable), and in a nested
         // node (kind) pid 2 is no kernel thread.
-        let host = HostProc {
+        let mut host = HostProc {
             root: root.to_path_buf(),
+            host_netns: None,
         };
-        if let Err(e) = host.netns_link(1)
-            && host.netns_link(2).is_err()
-        {
-            return Err(unusable(format!(
-                "{shown}/1/ns/net: {e}, and {shown}/2/ns/net neither \
-                 (reading other processes' namespaces needs CAP_SYS_PTRACE)"
-            )));
-        }
+        host.host_netns = match host.netns_link(1) {
+            Ok(netns) => Some(netns),
+            Err(e) => Some(host.netns_link(2).map_err(|_| {
+                unusable(format!(
+                    "{shown}/1/ns/net: {e}, and {shown}/2/ns/net neither \
+                     (reading other processes' namespaces needs CAP_SYS_PTRACE)"
+                ))
+            })?),
+        };
         Ok(host)
     }
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// The inode of the host's network namespace (its pid 1's, or pid 2's
+    /// where pid 1 forbids reading it), known since [`HostProc::open`].
+    pub fn host_netns(&self) -> Option<u32> {
+        self.host_netns
     }
 
     /// The inode of `pid`'s network namespace; `None` once it has exited
@@ -376,6 +386,7 @@ mod tests {
         std::fs::write(tree.0.join("1/cgroup"), "0::/init.scope\n").expect("write");
         let host = HostProc {
             root: tree.0.clone(),
+            host_netns: None,
         };
         let found = host.scan();
         assert_eq!(

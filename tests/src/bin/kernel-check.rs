@@ -6,9 +6,18 @@
 //! eBPF source, then compares its counts with the kernel's own view
 //! (`/proc/thread-self/net/tcp` and `tcp6`) for connections from before its
 //! start, new ones, closed ones, TIME_WAIT, IPv6 and v4-mapped clients, and
-//! the same port in another network namespace. Prints one line per check,
-//! the verifier's instruction count for the program, and exits 1 at the
-//! first failure (with the tracker's log).
+//! the same port in another network namespace. Then node mode
+//! (`spawner-sidecar node`): two network namespaces, each with a process
+//! holding a listener and connections, one made before the tracker starts
+//! and one after; each namespace's answer (`GET /netns/<inode>`) must equal
+//! `ss` run in that namespace, through new, closed and TIME_WAIT
+//! connections. Prints one line per check, the verifier's instruction count
+//! for each program, and exits 1 at the first failure (with the tracker's
+//! log).
+//!
+//! `kernel-check --hold-netns PORT` is the namespaces' process: it moves to
+//! a new network namespace, listens on PORT there, and obeys `connect N` and
+//! `close-server-first` on stdin (answering `ok`) until stdin closes.
 #![allow(
     clippy::unwrap_used,
     reason = "a helper: a panic is its failure report"
@@ -16,9 +25,9 @@
 
 use std::{
     collections::BTreeSet,
-    io::{BufRead, BufReader},
+    io::{BufRead, BufReader, Write as _},
     net::{Ipv4Addr, SocketAddr},
-    process::{Child, Command, ExitCode, Stdio},
+    process::{Child, ChildStdin, ChildStdout, Command, ExitCode, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -60,9 +69,21 @@ struct Tracker {
 }
 
 impl Tracker {
+    /// The per-pod daemon on the eBPF source.
     fn start(path: &str, port: u16) -> Tracker {
+        Tracker::spawn(path, &[], &["--source", "ebpf"], port)
+    }
+
+    /// Node mode: every namespace of this kernel.
+    fn start_node(path: &str, port: u16) -> Tracker {
+        Tracker::spawn(path, &["node"], &[], port)
+    }
+
+    fn spawn(path: &str, mode: &[&str], args: &[&str], port: u16) -> Tracker {
         let mut child = Command::new(path)
-            .args(["--source", "ebpf", "--monitor-port", &port.to_string()])
+            .args(mode)
+            .args(args)
+            .args(["--monitor-port", &port.to_string()])
             .args([
                 "--serve-address",
                 "127.0.0.1",
@@ -242,12 +263,24 @@ fn run(tracker_path: &str, port: u16) {
     );
     drop(other);
 
+    print_verifier_counts(&tracker, "per-pod program", &kernel);
+    drop(tracker);
+    drop(server);
+
+    run_node(tracker_path, port, &kernel);
+}
+
+/// The verifier's instruction count of each program `tracker` holds.
+/// `what` names the tracker: the kernel keeps 15 characters of a program's
+/// name, so `track_tcp_state_node` shows as `track_tcp_state` too.
+fn print_verifier_counts(tracker: &Tracker, what: &str, kernel: &str) {
     let ours = tracker.program_ids();
+    assert!(!ours.is_empty(), "the tracker holds no BPF program");
     for program in aya::programs::loaded_programs().filter_map(Result::ok) {
         if ours.contains(&program.id()) {
             match program.verified_instruction_count() {
                 Some(n) => println!(
-                    "[check] verifier: {} processed {n} instructions (kernel {})",
+                    "[check] verifier: {what}: {} processed {n} instructions (kernel {})",
                     program.name_as_str().unwrap_or("?"),
                     kernel.trim()
                 ),
@@ -255,12 +288,246 @@ fn run(tracker_path: &str, port: u16) {
             }
         }
     }
+}
+
+/// A `kernel-check --hold-netns` child: a process in a network namespace
+/// of its own, holding a listener and its connections.
+struct Namespace {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    inode: u64,
+}
+
+impl Namespace {
+    fn start(port: u16) -> Namespace {
+        let exe = std::env::current_exe().unwrap();
+        let mut child = Command::new(exe)
+            .args(["--hold-netns", &port.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let pid = child.id();
+        let mut ns = Namespace {
+            child,
+            stdin,
+            stdout,
+            inode: 0,
+        };
+        ns.expect("ready");
+        let link = std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
+        ns.inode = netns_inode(&link.to_string_lossy()).unwrap();
+        ns
+    }
+
+    fn expect(&mut self, want: &str) {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        assert_eq!(
+            line.trim(),
+            want,
+            "the namespace's process answered {line:?}"
+        );
+    }
+
+    fn send(&mut self, command: &str) {
+        writeln!(self.stdin, "{command}").unwrap();
+        self.expect("ok");
+    }
+
+    /// `ss`'s count of `state` sockets on local port `port` in this
+    /// namespace: ss runs from a thread that entered it (a child starts in
+    /// its creator thread's namespace).
+    fn ss_count(&self, state: &str, port: u16) -> u64 {
+        let path = format!("/proc/{}/ns/net", self.child.id());
+        let filter = format!("( sport = :{port} )");
+        let state = state.to_string();
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).unwrap();
+            // SAFETY: setns(2) on an open namespace fd; only this thread moves.
+            let rc =
+                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            let out = Command::new("ss")
+                .args(["-Htan", "state", &state, &filter])
+                .output()
+                .unwrap_or_else(|e| panic!("cannot run ss: {e}"));
+            assert!(out.status.success(), "ss failed: {out:?}");
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .count() as u64
+        })
+        .join()
+        .unwrap()
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn netns_inode(link: &str) -> Option<u64> {
+    link.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
+}
+
+/// Node mode's answer for `ns` equals `ss` in it and `want`.
+fn check_node(name: &str, ns: &Namespace, field: &str, state: &str, port: u16, want: u64) {
+    eventually(Duration::from_secs(15), || {
+        let truth = ns.ss_count(state, port);
+        let (code, status) = http_get(SERVE_PORT, &format!("/netns/{}", ns.inode));
+        let got = status[field].as_u64().unwrap_or(u64::MAX);
+        if code == 200 && got == truth && truth == want {
+            Ok(())
+        } else {
+            Err(format!(
+                "node, {name}: {field} tracker {got} ({code}), ss in namespace {} {truth}, expected {want}",
+                ns.inode
+            ))
+        }
+    });
+    println!(
+        "[check] ok: node, {name}: namespace {} {field} = {want} = ss there",
+        ns.inode
+    );
+}
+
+fn run_node(tracker_path: &str, port: u16, kernel: &str) {
+    // One namespace busy before the tracker starts (its start-up snapshot
+    // must find the connections), one made after.
+    let mut first = Namespace::start(port);
+    first.send("connect 3");
+    let started = Instant::now();
+    let tracker = Tracker::start_node(tracker_path, port);
+    println!(
+        "[check] ok: node mode loaded ({:.1}s to serve)",
+        started.elapsed().as_secs_f64()
+    );
+    let (code, health) = http_get(SERVE_PORT, "/healthz");
+    assert_eq!((code, &health["source"]), (200, &"ebpf".into()), "{health}");
+    let mut second = Namespace::start(port);
+    second.send("connect 5");
+    assert_ne!(first.inode, second.inode);
+
+    check_node(
+        "pre-existing",
+        &first,
+        "active_connections",
+        "established",
+        port,
+        3,
+    );
+    check_node(
+        "new namespace",
+        &second,
+        "active_connections",
+        "established",
+        port,
+        5,
+    );
+    first.send("connect 2");
+    check_node(
+        "new connections",
+        &first,
+        "active_connections",
+        "established",
+        port,
+        5,
+    );
+    second.send("close-server-first");
+    check_node(
+        "closed, server first",
+        &second,
+        "active_connections",
+        "established",
+        port,
+        0,
+    );
+    check_node(
+        "TIME_WAIT",
+        &second,
+        "waiting_connections",
+        "time-wait",
+        port,
+        5,
+    );
+    check_node(
+        "the other one unchanged",
+        &first,
+        "active_connections",
+        "established",
+        port,
+        5,
+    );
+
+    let log = tracker.log();
+    assert!(
+        !log.contains("read /proc"),
+        "a snapshot fell back to /proc; log:\n{log}"
+    );
+    print_verifier_counts(&tracker, "node program", kernel);
     drop(tracker);
-    drop(server);
+    drop((first, second));
+}
+
+/// `--hold-netns PORT`: the namespaces' process (see the module's doc).
+fn hold_netns(port: u16) -> ExitCode {
+    // SAFETY: unshare(2) at start-up, before this process has other threads.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        eprintln!(
+            "kernel-check: unshare(CLONE_NEWNET): {}",
+            std::io::Error::last_os_error()
+        );
+        return ExitCode::FAILURE;
+    }
+    let up = Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .status();
+    if !up.is_ok_and(|s| s.success()) {
+        eprintln!("kernel-check: ip link set lo up failed");
+        return ExitCode::FAILURE;
+    }
+    let mut server = Server::v4(port);
+    println!("ready");
+    for line in std::io::stdin().lines().map_while(Result::ok) {
+        match line.split_whitespace().collect::<Vec<_>>().as_slice() {
+            ["connect", n] => match n.parse() {
+                Ok(n) => server.connect(n),
+                Err(_) => {
+                    eprintln!("kernel-check: connect wants a number, not {n:?}");
+                    return ExitCode::from(2);
+                }
+            },
+            ["close-server-first"] => server.close_server_first(),
+            _ => {
+                eprintln!("kernel-check: unknown command {line:?}");
+                return ExitCode::from(2);
+            }
+        }
+        println!("ok");
+    }
+    ExitCode::SUCCESS
 }
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [flag, port] = args.as_slice()
+        && flag == "--hold-netns"
+    {
+        return match port.parse() {
+            Ok(port) => hold_netns(port),
+            Err(_) => {
+                eprintln!("kernel-check: --hold-netns wants a port number, not {port:?}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let mut tracker = None;
     let mut port = 8080;
     let mut it = args.iter();
