@@ -131,12 +131,21 @@ fn sidecar_in_a_namespace_counts_only_that_namespace() {
     drop(sidecar);
 }
 
+/// Where the clients of the TIME_WAIT tests connect from: an address of
+/// their own, so that binding one of their ports again (reuse) cannot meet
+/// a socket of anything else on this host (a benchmark churning through
+/// 127.0.0.1's ephemeral ports made every such bind fail once).
+const CLIENT: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 47);
+
 /// Server-first closes leave TIME_WAIT on the monitored port.
 fn server_first_closes(port: u16, n: usize) -> Vec<u16> {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).unwrap();
     let mut client_ports = Vec::new();
     for _ in 0..n {
-        let mut client = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
+        let mut client = test_support::sockets::connect_from(
+            CLIENT.into(),
+            SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        );
         client_ports.push(client.local_addr().unwrap().port());
         let (server, _) = listener.accept().unwrap();
         drop(server); // server closes first: FIN_WAIT -> TIME_WAIT on our side
@@ -177,7 +186,10 @@ fn waiting_follows_time_wait(source: &str) {
         socket.set_reuse_address(true).unwrap();
         // Another socket of this host may have taken the ephemeral port
         // meanwhile (our own status requests, say): skip that one.
-        if socket.bind(&loopback(client_port)).is_err() {
+        if socket
+            .bind(&SockAddr::from(SocketAddr::from((CLIENT, client_port))))
+            .is_err()
+        {
             continue;
         }
         socket.connect(&loopback(port)).unwrap();

@@ -68,6 +68,8 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
                 "--release",
                 "--package",
                 "integration-tests",
+                // Every test file runs, so one run shows every failure.
+                "--no-fail-fast",
                 "--",
                 "--test-threads=1",
             ])
