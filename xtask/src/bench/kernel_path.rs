@@ -266,12 +266,23 @@ pub fn with_stats(
     loop_bin: &Path,
     seconds: f64,
 ) -> anyhow::Result<(Vec<ProgCost>, f64)> {
+    with_stats_in(NETNS, stats, pids, loop_bin, seconds)
+}
+
+/// As [`with_stats`], the loop in namespace `ns`.
+pub fn with_stats_in(
+    ns: &str,
+    stats: &StatsSwitch,
+    pids: &[u32],
+    loop_bin: &Path,
+    seconds: f64,
+) -> anyhow::Result<(Vec<ProgCost>, f64)> {
     stats.set(true)?;
     let before: Vec<(u64, u64)> = pids
         .iter()
         .map(|&p| prog_stats(p))
         .collect::<Result<_, _>>()?;
-    let rate = connloop(loop_bin, seconds);
+    let rate = connloop_in(ns, loop_bin, seconds);
     let after: Vec<(u64, u64)> = pids
         .iter()
         .map(|&p| prog_stats(p))
@@ -302,7 +313,12 @@ pub fn running_trackers() -> usize {
 }
 
 pub fn connloop(connloop: &Path, seconds: f64) -> anyhow::Result<f64> {
-    let out = netns::command(Some(NETNS), connloop)
+    connloop_in(NETNS, connloop, seconds)
+}
+
+/// The loop in namespace `ns`: connections per second.
+pub fn connloop_in(ns: &str, connloop: &Path, seconds: f64) -> anyhow::Result<f64> {
+    let out = netns::command(Some(ns), connloop)
         .args([MONITOR_PORT.to_string(), seconds.to_string()])
         .output()
         .context("running connloop")?;

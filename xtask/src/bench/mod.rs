@@ -223,7 +223,13 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     };
     let machine = machine_line();
     let started = now_utc();
-    let _ns = Netns::create(NETNS)?;
+    // The node section makes namespaces of its own; every other one runs in
+    // this one.
+    let _ns = if sections.iter().any(|s| *s != Section::Node) {
+        Some(Netns::create(NETNS)?)
+    } else {
+        None
+    };
     let mut results = Results::default();
 
     // Each population is built once and serves every section that wants it.

@@ -27,6 +27,7 @@ use std::{
 use anyhow::{Context as _, anyhow, bail};
 use serde_json::Value;
 use test_support::{
+    Netns,
     http::{self, KeepAlive, Response},
     netns,
     process::Process,
@@ -37,9 +38,8 @@ use super::{
     MONITOR_PORT, Plan,
     answer::StyleCost,
     floor::Floor,
-    kernel_path::{ProgCost, StatsSwitch, connloop, running_trackers, spread, with_stats},
-    netns::NETNS,
-    node_pods::{Pod, Pods},
+    kernel_path::{ProgCost, StatsSwitch, connloop_in, running_trackers, spread, with_stats_in},
+    node_pods::{self, Pod, Pods},
     stats::{median, percentile, sorted},
     tracker::Tracker,
 };
@@ -148,8 +148,8 @@ fn ok(response: &Response, path: &str) -> anyhow::Result<()> {
 struct LoopListener(Child);
 
 impl LoopListener {
-    fn start(pod_server: &Path) -> anyhow::Result<LoopListener> {
-        let mut child = netns::command(Some(NETNS), pod_server)
+    fn start(ns: &str, pod_server: &Path) -> anyhow::Result<LoopListener> {
+        let mut child = netns::command(Some(ns), pod_server)
             .arg(MONITOR_PORT.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -161,7 +161,7 @@ impl LoopListener {
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line)?;
         if line.trim() != "listening" {
-            bail!("pod-server in {NETNS} said {line:?}");
+            bail!("pod-server in {ns} said {line:?}");
         }
         Ok(listener)
     }
@@ -354,10 +354,15 @@ pub fn measure(
 ) -> anyhow::Result<NodeBench> {
     let few = plan.trackers - 1;
     let extra = plan.node_namespaces - plan.trackers;
+    // The loop's namespace is the section's own: the bench's shared one
+    // (`spawner-bench`, a fixed name) is remade by any other bench run on
+    // this host, which would take it from under a run this long.
+    let loop_ns = Netns::create(&node_pods::loop_netns())?;
+    let ns = loop_ns.name();
     progress!("node: making {few} pods on port {MONITOR_PORT} and {extra} on port {EXTRA_PORT}");
     let first = Pods::create(pod_server, "a", few, MONITOR_PORT)?;
     let rest = Pods::create(pod_server, "b", extra, EXTRA_PORT)?;
-    let loop_inode = fs::metadata(format!("/var/run/netns/{NETNS}"))?.ino();
+    let loop_inode = fs::metadata(format!("/var/run/netns/{ns}"))?.ino();
     let ours_few: HashSet<u64> = first
         .pods
         .iter()
@@ -388,12 +393,12 @@ pub fn measure(
             plan.node_namespaces,
             plan.trackers
         );
-        let a = connloop(loop_bin, plan.loop_seconds)?;
+        let a = connloop_in(ns, loop_bin, plan.loop_seconds)?;
 
         let floor = Floor::attach()?;
-        let f = connloop(loop_bin, plan.loop_seconds)?;
+        let f = connloop_in(ns, loop_bin, plan.loop_seconds)?;
         let before = floor.stats()?;
-        with_stats(&stats, &[], loop_bin, stats_seconds)?;
+        with_stats_in(ns, &stats, &[], loop_bin, stats_seconds)?;
         let after = floor.stats()?;
         drop(floor);
         let f_cost = ProgCost {
@@ -404,8 +409,8 @@ pub fn measure(
 
         let node = NodeTracker::start(bin, &MONITOR_PORT.to_string(), REFRESH)?;
         let b_settle = settle(&[node.pid()])?;
-        let (b, b_cpu) = loop_with_cpu(loop_bin, plan.loop_seconds, &[node.pid()])?;
-        let (cost, _) = with_stats(&stats, &[node.pid()], loop_bin, stats_seconds)?;
+        let (b, b_cpu) = loop_with_cpu(ns, loop_bin, plan.loop_seconds, &[node.pid()])?;
+        let (cost, _) = with_stats_in(ns, &stats, &[node.pid()], loop_bin, stats_seconds)?;
         b_prog.add(cost[0]);
         let b_ns = cost[0].ns_per_run();
         let b_followed = expect_followed(&node, &ours_few)?;
@@ -414,8 +419,8 @@ pub fn measure(
 
         let node = NodeTracker::start(bin, &ports_all, REFRESH)?;
         let many_settle = settle(&[node.pid()])?;
-        let (many, many_cpu) = loop_with_cpu(loop_bin, plan.loop_seconds, &[node.pid()])?;
-        let (cost, _) = with_stats(&stats, &[node.pid()], loop_bin, stats_seconds)?;
+        let (many, many_cpu) = loop_with_cpu(ns, loop_bin, plan.loop_seconds, &[node.pid()])?;
+        let (cost, _) = with_stats_in(ns, &stats, &[node.pid()], loop_bin, stats_seconds)?;
         many_prog.add(cost[0]);
         let many_ns = cost[0].ns_per_run();
         let many_followed = expect_followed(&node, &ours_all)?;
@@ -423,7 +428,7 @@ pub fn measure(
         drop(node);
 
         // All spawned before any is waited for: they load in parallel.
-        let mut per_pod = vec![Tracker::spawn(bin, NETNS, "ebpf", REFRESH)?];
+        let mut per_pod = vec![Tracker::spawn(bin, ns, "ebpf", REFRESH)?];
         for pod in &first.pods {
             per_pod.push(Tracker::spawn(bin, &pod.netns, "ebpf", REFRESH)?);
         }
@@ -432,8 +437,8 @@ pub fn measure(
         }
         let pids: Vec<u32> = per_pod.iter().map(Tracker::pid).collect();
         settle(&pids)?;
-        let (c, c_cpu) = loop_with_cpu(loop_bin, plan.loop_seconds, &pids)?;
-        let (cost, _) = with_stats(&stats, &pids, loop_bin, stats_seconds)?;
+        let (c, c_cpu) = loop_with_cpu(ns, loop_bin, plan.loop_seconds, &pids)?;
+        let (cost, _) = with_stats_in(ns, &stats, &pids, loop_bin, stats_seconds)?;
         c_followed.add(cost[0]);
         for other in &cost[1..] {
             c_others.add(*other);
@@ -466,7 +471,7 @@ pub fn measure(
 
     // Outside the loop's runs its namespace has neither a socket on a
     // followed port nor a process: a pod-server there keeps it followed.
-    let _listener = LoopListener::start(pod_server)?;
+    let _listener = LoopListener::start(ns, pod_server)?;
     let paths = |pods: &[&Pod]| -> Vec<String> {
         pods.iter().map(|p| format!("/pods/{}", p.uid)).collect()
     };
@@ -568,14 +573,19 @@ fn settle(pids: &[u32]) -> anyhow::Result<Duration> {
 }
 
 /// A throughput run, and the CPU `pids` spent meanwhile (% of one core).
-fn loop_with_cpu(loop_bin: &Path, seconds: f64, pids: &[u32]) -> anyhow::Result<(f64, f64)> {
+fn loop_with_cpu(
+    ns: &str,
+    loop_bin: &Path,
+    seconds: f64,
+    pids: &[u32],
+) -> anyhow::Result<(f64, f64)> {
     let total = || -> anyhow::Result<u64> {
         pids.iter()
             .map(|&p| Ok(cpu_ns(p)?))
             .sum::<anyhow::Result<u64>>()
     };
     let (before, at) = (total()?, Instant::now());
-    let rate = connloop(loop_bin, seconds)?;
+    let rate = connloop_in(ns, loop_bin, seconds)?;
     let cpu = total()? - before;
     Ok((rate, cpu as f64 / at.elapsed().as_nanos() as f64 * 100.0))
 }
@@ -730,7 +740,7 @@ pub fn report(out: &mut String, n: &NodeBench) -> fmt::Result {
     )?;
     writeln!(
         out,
-        "### On the kernel's TCP path\n\nThe loop of section 2 (`xtask/bench/connloop.c`, {:.1} s per run, in the namespace `{NETNS}` on port {MONITOR_PORT}), alternating each round: A without a tracker, F the no-op program, B one node tracker following {few} namespaces, B' one node tracker following {many}, C {few} per-pod trackers (one in the loop's namespace, one in each of the {} pods on port {MONITOR_PORT}); each run starts once its trackers are quiet after start-up. Trackers at `--refresh-rate-seconds {REFRESH}`, `kernel.bpf_stats_enabled` off during these runs. Other spawner-sidecar processes on this shared host, whose programs run on the loop's events in every run alike: {} before the rounds, {} after.\n",
+        "### On the kernel's TCP path\n\nThe loop of section 2 (`xtask/bench/connloop.c`, {:.1} s per run, in a namespace of the section's own, on port {MONITOR_PORT}), alternating each round: A without a tracker, F the no-op program, B one node tracker following {few} namespaces, B' one node tracker following {many}, C {few} per-pod trackers (one in the loop's namespace, one in each of the {} pods on port {MONITOR_PORT}); each run starts once its trackers are quiet after start-up. Trackers at `--refresh-rate-seconds {REFRESH}`, `kernel.bpf_stats_enabled` off during these runs. Other spawner-sidecar processes on this shared host, whose programs run on the loop's events in every run alike: {} before the rounds, {} after.\n",
         n.loop_seconds,
         few - 1,
         n.foreign_trackers.0,

@@ -12,7 +12,9 @@
 //! `spawner-bench-pod-<bench pid>-<set>-<i>`: apart from the tests'
 //! (`ss-pod-*`), from the bench's own `spawner-bench` and `spawner-bench-c*`,
 //! and from another bench running at the same time; a keeper that was
-//! itself killed leaves its namespaces to the next keeper's sweep.
+//! itself killed leaves its namespaces to the next keeper's sweep (which
+//! also takes the section's loop namespace, `loop_netns`, of a bench that
+//! was killed).
 use std::{
     fs,
     io::{self, BufRead as _, BufReader, Read as _, Write as _},
@@ -33,6 +35,12 @@ const PREFIX: &str = "spawner-bench-pod";
 const PARALLEL: usize = 4;
 /// The keeper says how far it got every this many pods.
 const PROGRESS_EVERY: usize = 100;
+
+/// The node section's own namespace for the loop: named like the pods, so
+/// that a keeper's sweep deletes it too if its bench was killed.
+pub fn loop_netns() -> String {
+    format!("{PREFIX}-{}-loop", std::process::id())
+}
 
 /// One pod, as the keeper made it.
 #[derive(Clone, Debug)]
