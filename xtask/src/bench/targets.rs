@@ -526,13 +526,23 @@ fn node_miss(out: &mut String, miss: &str, n: &super::node::NodeBench) -> fmt::R
                 "`GET /pods/<uid>`, one keep-alive",
             );
             let cpu = |c: &super::answer::StyleCost| c.cpu_ms_per_request;
+            let connection =
+                |namespaces: usize| match (n.answer(namespaces, fresh), n.answer(namespaces, kept))
+                {
+                    (Some(f), Some(k)) => {
+                        format!("{:.3} ms", f.cpu_ms_per_request - k.cpu_ms_per_request)
+                    }
+                    _ => "-".into(),
+                };
             writeln!(
                 out,
-                "- *`GET /pods/<uid>` with {many} namespaces*: tracker CPU per answer grew from {} with {few} namespaces to {} with {many} on a new connection each, and from {} to {} on one keep-alive connection, so the growth is in the answer, not in the connection (which costs about 0.1 ms either way, as in section 1). Profiled with perf on 2026-12-02 (a tracker following 999 namespaces, keep-alive `/pods/<uid>`): about half its CPU was allocating, copying and freeing (malloc and free ~35 %, the collect into a list and the `Vec`/`String` clones ~15 %): `Registry::by_pod` clones every followed namespace's entry (its `Arc`, pod UID, QoS and container ids) into a new list to find one by linear search. What would close it: an index from pod UID to entry kept beside the entries, so that an answer clones one entry, not {many}; with {few} namespaces the same answer costs {}, under the target.",
+                "- *`GET /pods/<uid>` with {many} namespaces*: tracker CPU per answer grew from {} with {few} namespaces to {} with {many} on a new connection each, and from {} to {} on one keep-alive connection, so the growth is in the answer, not in the connection (a new connection minus keep-alive: {} with {few}, {} with {many}). Profiled with perf on 2026-12-02 (a tracker following 999 namespaces, keep-alive `/pods/<uid>`): about half its CPU was allocating, copying and freeing (malloc and free ~35 %, the collect into a list and the `Vec`/`String` clones ~15 %): `Registry::by_pod` clones every followed namespace's entry (its `Arc`, pod UID, QoS and container ids) into a new list to find one by linear search. What would close it: an index from pod UID to entry kept beside the entries, so that an answer clones one entry, not {many}; with {few} namespaces the same answer costs {}, under the target.",
                 cost(n.trackers, fresh, cpu),
                 cost(n.namespaces, fresh, cpu),
                 cost(n.trackers, kept, cpu),
                 cost(n.namespaces, kept, cpu),
+                connection(n.trackers),
+                connection(n.namespaces),
                 cost(n.trackers, fresh, cpu),
                 many = n.namespaces,
                 few = n.trackers,
