@@ -68,6 +68,9 @@ enum Command {
         /// Namespace names: PREFIX-0, PREFIX-1, ...
         #[arg(long)]
         prefix: String,
+        /// The bench's loop namespace: deleted at the end if still there
+        #[arg(long)]
+        loop_netns: String,
         #[arg(long)]
         count: usize,
         /// The port each pod's process listens on
@@ -113,10 +116,11 @@ fn main() -> ExitCode {
         Command::ProcfsCount => bench::procfs_count(),
         Command::BenchPods {
             prefix,
+            loop_netns,
             count,
             port,
             pod_server,
-        } => bench::pods_keeper(&prefix, count, port, &pod_server),
+        } => bench::pods_keeper(&prefix, &loop_netns, count, port, &pod_server),
         Command::Test { args } => setup::run().and_then(|()| test::run(&args)),
     };
     match result {

@@ -577,11 +577,12 @@ pub fn measure(
 fn settle(pids: &[u32]) -> anyhow::Result<Duration> {
     const WINDOW: Duration = Duration::from_millis(500);
     let started = Instant::now();
+    // Saturating below: a thread that exits takes its CPU time out of the sum.
     let total = || -> anyhow::Result<u64> { pids.iter().map(|&p| Ok(cpu_ns(p)?)).sum() };
     loop {
         let before = total()?;
         std::thread::sleep(WINDOW);
-        let busy = (total()? - before) as f64 / WINDOW.as_nanos() as f64;
+        let busy = total()?.saturating_sub(before) as f64 / WINDOW.as_nanos() as f64;
         if busy < 0.02 {
             return Ok(started.elapsed());
         }
@@ -608,7 +609,7 @@ fn loop_with_cpu(
     };
     let (before, at) = (total()?, Instant::now());
     let rate = connloop_in(ns, loop_bin, seconds)?;
-    let cpu = total()? - before;
+    let cpu = total()?.saturating_sub(before);
     Ok((rate, cpu as f64 / at.elapsed().as_nanos() as f64 * 100.0))
 }
 
@@ -703,7 +704,7 @@ fn measure_requests(
         get(path)?;
         latencies.push(t.elapsed().as_secs_f64() * 1e3);
     }
-    let cpu = cpu_ns(node.pid())? - cpu_before;
+    let cpu = cpu_ns(node.pid())?.saturating_sub(cpu_before);
     let latencies = sorted(latencies);
     Ok(StyleCost {
         requests: latencies.len(),
@@ -727,10 +728,11 @@ fn idle(bin: &Path, ports: &str, ours: &HashSet<u64>, seconds: usize) -> anyhow:
         let until = window_start + Duration::from_secs(i as u64);
         std::thread::sleep(until.saturating_duration_since(Instant::now()));
         let (now, cpu_now) = (Instant::now(), cpu_ns(pid)?);
-        per_second.push((cpu_now - cpu) as f64 / (now - at).as_nanos() as f64 * 100.0);
+        per_second.push(cpu_now.saturating_sub(cpu) as f64 / (now - at).as_nanos() as f64 * 100.0);
         (at, cpu) = (now, cpu_now);
     }
-    let mean_percent = (cpu - cpu_start) as f64 / (at - window_start).as_nanos() as f64 * 100.0;
+    let mean_percent =
+        cpu.saturating_sub(cpu_start) as f64 / (at - window_start).as_nanos() as f64 * 100.0;
     Ok(Idle {
         seconds,
         per_second,

@@ -12,9 +12,9 @@
 //! `spawner-bench-pod-<bench pid>-<set>-<i>`: apart from the tests'
 //! (`ss-pod-*`), from the bench's own `spawner-bench` and `spawner-bench-c*`,
 //! and from another bench running at the same time; a keeper that was
-//! itself killed leaves its namespaces to the next keeper's sweep (which
-//! also takes the section's loop namespace, `loop_netns`, of a bench that
-//! was killed).
+//! itself killed leaves its namespaces to the next keeper's sweep. The
+//! keeper also deletes the section's loop namespace (`loop_netns`) when it
+//! ends, should the bench have been killed before deleting it.
 use std::{
     fs,
     io::{self, BufRead as _, BufReader, Read as _, Write as _},
@@ -36,8 +36,7 @@ const PARALLEL: usize = 4;
 /// The keeper says how far it got every this many pods.
 const PROGRESS_EVERY: usize = 100;
 
-/// The node section's own namespace for the loop: named like the pods, so
-/// that a keeper's sweep deletes it too if its bench was killed.
+/// The node section's own namespace for the loop, named like the pods.
 pub fn loop_netns() -> String {
     format!("{PREFIX}-{}-loop", std::process::id())
 }
@@ -64,12 +63,18 @@ impl Pods {
     pub fn create(pod_server: &Path, set: &str, count: usize, port: u16) -> anyhow::Result<Pods> {
         let prefix = format!("{PREFIX}-{}-{set}", std::process::id());
         let mut cmd = Command::new(std::env::current_exe().context("finding xtask itself")?);
-        cmd.args(["bench-pods", "--prefix", &prefix])
-            .args(["--count", &count.to_string(), "--port", &port.to_string()])
-            .arg("--pod-server")
-            .arg(pod_server)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped());
+        cmd.args([
+            "bench-pods",
+            "--prefix",
+            &prefix,
+            "--loop-netns",
+            &loop_netns(),
+        ])
+        .args(["--count", &count.to_string(), "--port", &port.to_string()])
+        .arg("--pod-server")
+        .arg(pod_server)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
         // SAFETY: setsid(2) between fork and exec, async-signal-safe; it
         // fails only for a process group leader, which a fresh child is not.
         unsafe {
@@ -118,8 +123,16 @@ impl Drop for Pods {
 }
 
 /// `xtask bench-pods`: makes the pods, prints `pod <uid> <inode> <netns>`
-/// for each and `ready`, holds them until stdin closes, then removes them.
-pub fn keeper(prefix: &str, count: usize, port: u16, pod_server: &Path) -> anyhow::Result<()> {
+/// for each and `ready`, holds them until stdin closes, then removes them,
+/// and the bench's `loop_netns` if it is left (a bench ended by a signal
+/// drops nothing; one that ends normally has deleted it already).
+pub fn keeper(
+    prefix: &str,
+    loop_netns: &str,
+    count: usize,
+    port: u16,
+    pod_server: &Path,
+) -> anyhow::Result<()> {
     sweep_leftovers();
     let pods = make(prefix, count, port, pod_server)?;
     let mut out = io::stdout().lock();
@@ -138,6 +151,12 @@ pub fn keeper(prefix: &str, count: usize, port: u16, pod_server: &Path) -> anyho
     // Whatever ends the bench closes this pipe.
     let _ = io::stdin().read_to_end(&mut Vec::new());
     remove(pods);
+    if Path::new("/var/run/netns").join(loop_netns).exists() {
+        let _ = Command::new("ip")
+            .args(["netns", "del", loop_netns])
+            .stderr(Stdio::null())
+            .status();
+    }
     Ok(())
 }
 
