@@ -253,18 +253,25 @@ static NEXT: AtomicUsize = AtomicUsize::new(0);
 impl FakePod {
     /// A pod with its namespace and its containers' cgroups, no process yet.
     pub fn create(spec: PodSpec) -> io::Result<FakePod> {
+        let name = format!(
+            "ss-pod-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        FakePod::create_named(spec, &name)
+    }
+
+    /// As [`FakePod::create`], its namespace named `name`: the benchmarks
+    /// name theirs apart from the tests' (`ss-pod-*`), and a namespace of
+    /// that name left by an interrupted run is replaced.
+    pub fn create_named(spec: PodSpec, name: &str) -> io::Result<FakePod> {
         if spec.hierarchy == Hierarchy::V1("memory") {
             return Err(io::Error::other(
                 "the memory hierarchy belongs to the machine's own setup: pick another",
             ));
         }
         let uid = uuid_v4()?;
-        let name = format!(
-            "ss-pod-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        let netns = Netns::create(&name)?;
+        let netns = Netns::create(name)?;
         let inode = fs::metadata(format!("/var/run/netns/{name}"))?.ino();
         let root = spec.hierarchy.mount();
         let pod_dir = root.join(pod_cgroup(spec.driver, spec.qos, &uid).join("/"));

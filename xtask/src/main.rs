@@ -62,6 +62,23 @@ enum Command {
     /// Internal to `bench`: one timing of the procfs crate, in the namespace it runs in
     #[command(name = "procfs-count", hide = true)]
     ProcfsCount,
+    /// Internal to `bench`: makes fake pods, holds them until stdin closes, removes them
+    #[command(name = "bench-pods", hide = true)]
+    BenchPods {
+        /// Namespace names: PREFIX-0, PREFIX-1, ...
+        #[arg(long)]
+        prefix: String,
+        /// The bench's loop namespace: deleted at the end if still there
+        #[arg(long)]
+        loop_netns: String,
+        #[arg(long)]
+        count: usize,
+        /// The port each pod's process listens on
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        pod_server: std::path::PathBuf,
+    },
     /// The exactness checks on this kernel and on Linux 6.1 (Debian's cloud kernel) in QEMU
     TestKernel,
     /// Build, then run every test: unit, HTTP and black-box tests on the real kernel
@@ -97,6 +114,13 @@ fn main() -> ExitCode {
         }),
         Command::TestKernel => setup::run().and_then(|()| vm::run()),
         Command::ProcfsCount => bench::procfs_count(),
+        Command::BenchPods {
+            prefix,
+            loop_netns,
+            count,
+            port,
+            pod_server,
+        } => bench::pods_keeper(&prefix, &loop_netns, count, port, &pod_server),
         Command::Test { args } => setup::run().and_then(|()| test::run(&args)),
     };
     match result {

@@ -40,7 +40,7 @@ pub struct ProgCost {
 }
 
 impl ProgCost {
-    fn add(&mut self, other: ProgCost) {
+    pub fn add(&mut self, other: ProgCost) {
         self.run_ns += other.run_ns;
         self.runs += other.runs;
     }
@@ -120,18 +120,18 @@ impl KernelPath {
 }
 
 /// Puts `kernel.bpf_stats_enabled` back as it was when dropped.
-struct StatsSwitch {
+pub struct StatsSwitch {
     before: String,
 }
 
 impl StatsSwitch {
-    fn new() -> StatsSwitch {
+    pub fn new() -> StatsSwitch {
         StatsSwitch {
             before: fs::read_to_string(STATS_SYSCTL).unwrap_or_else(|_| "0".into()),
         }
     }
 
-    fn set(&self, on: bool) -> anyhow::Result<()> {
+    pub fn set(&self, on: bool) -> anyhow::Result<()> {
         fs::write(STATS_SYSCTL, if on { "1" } else { "0" })
             .context("writing kernel.bpf_stats_enabled")
     }
@@ -260,7 +260,18 @@ pub fn measure(bin: &Path, loop_bin: &Path, plan: &Plan) -> anyhow::Result<Kerne
 
 /// One loop run with statistics on; each program's run time and count over
 /// it, and the loop's rate.
-fn with_stats(
+pub fn with_stats(
+    stats: &StatsSwitch,
+    pids: &[u32],
+    loop_bin: &Path,
+    seconds: f64,
+) -> anyhow::Result<(Vec<ProgCost>, f64)> {
+    with_stats_in(NETNS, stats, pids, loop_bin, seconds)
+}
+
+/// As [`with_stats`], the loop in namespace `ns`.
+pub fn with_stats_in(
+    ns: &str,
     stats: &StatsSwitch,
     pids: &[u32],
     loop_bin: &Path,
@@ -271,7 +282,7 @@ fn with_stats(
         .iter()
         .map(|&p| prog_stats(p))
         .collect::<Result<_, _>>()?;
-    let rate = connloop(loop_bin, seconds);
+    let rate = connloop_in(ns, loop_bin, seconds);
     let after: Vec<(u64, u64)> = pids
         .iter()
         .map(|&p| prog_stats(p))
@@ -289,7 +300,7 @@ fn with_stats(
 }
 
 /// spawner-sidecar processes on the host; called while none of ours runs.
-fn running_trackers() -> usize {
+pub fn running_trackers() -> usize {
     let Ok(entries) = fs::read_dir("/proc") else {
         return 0;
     };
@@ -301,8 +312,13 @@ fn running_trackers() -> usize {
         .count()
 }
 
-fn connloop(connloop: &Path, seconds: f64) -> anyhow::Result<f64> {
-    let out = netns::command(Some(NETNS), connloop)
+pub fn connloop(connloop: &Path, seconds: f64) -> anyhow::Result<f64> {
+    connloop_in(NETNS, connloop, seconds)
+}
+
+/// The loop in namespace `ns`: connections per second.
+pub fn connloop_in(ns: &str, connloop: &Path, seconds: f64) -> anyhow::Result<f64> {
+    let out = netns::command(Some(ns), connloop)
         .args([MONITOR_PORT.to_string(), seconds.to_string()])
         .output()
         .context("running connloop")?;
@@ -468,7 +484,7 @@ pub fn report(out: &mut String, k: &KernelPath) -> fmt::Result {
 }
 
 /// "median (min - max)" of per-round figures.
-fn spread(values: Vec<f64>) -> String {
+pub fn spread(values: Vec<f64>) -> String {
     let min = values.iter().copied().fold(f64::INFINITY, f64::min);
     let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     format!("{:.0} ({min:.0} - {max:.0})", median(values))

@@ -28,6 +28,8 @@ mod freshness;
 mod kernel_path;
 mod musl;
 mod netns;
+mod node;
+mod node_pods;
 mod population;
 mod procfs_parse;
 mod proxy;
@@ -71,6 +73,8 @@ pub enum Section {
     Musl,
     /// Proxy data path: direct vs spawner-sidecar proxy vs systemd-socket-proxyd
     Proxy,
+    /// Node mode: one node tracker vs one tracker per pod; 1 000 namespaces followed
+    Node,
 }
 
 pub struct Options {
@@ -106,6 +110,9 @@ pub struct Plan {
     proxy_connects: usize,
     proxy_idle: usize,
     proxy_wakes: usize,
+    /// Namespaces the node section makes followable (the loop's and pods).
+    node_namespaces: usize,
+    node_idle_seconds: usize,
 }
 
 impl Plan {
@@ -133,6 +140,8 @@ impl Plan {
                 proxy_connects: 300,
                 proxy_idle: 10_000,
                 proxy_wakes: 10,
+                node_namespaces: 100,
+                node_idle_seconds: 10,
             }
         } else {
             Plan {
@@ -157,6 +166,9 @@ impl Plan {
                 proxy_connects: 2_000,
                 proxy_idle: 10_000,
                 proxy_wakes: 50,
+                node_namespaces: 1_000,
+                // Two of the once-a-minute snapshots of every namespace.
+                node_idle_seconds: 125,
             }
         }
     }
@@ -178,8 +190,10 @@ struct Results {
     burst: Option<burst::Burst>,
     musl: Option<musl::Comparison>,
     proxy: Option<proxy::ProxyBench>,
+    node: Option<node::NodeBench>,
 }
 
+pub use node_pods::keeper as pods_keeper;
 pub use procfs_parse::count_command as procfs_count;
 
 pub fn run(options: Options) -> anyhow::Result<()> {
@@ -209,7 +223,13 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     };
     let machine = machine_line();
     let started = now_utc();
-    let _ns = Netns::create(NETNS)?;
+    // The node section makes namespaces of its own; every other one runs in
+    // this one.
+    let _ns = if sections.iter().any(|s| *s != Section::Node) {
+        Some(Netns::create(NETNS)?)
+    } else {
+        None
+    };
     let mut results = Results::default();
 
     // Each population is built once and serves every section that wants it.
@@ -272,6 +292,10 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         progress!("proxy data path: direct, spawner-sidecar proxy, systemd-socket-proxyd");
         let backend = build_echo_backend()?;
         results.proxy = Some(proxy::measure(&bin, &backend, &plan)?);
+    }
+    if wants(Section::Node) {
+        let pod_server = build_pod_server()?;
+        results.node = Some(node::measure(&bin, &connloop, &pod_server, &plan)?);
     }
     if wants(Section::Soak) {
         results.soak = Some(soak::measure(&bin, &plan)?);
@@ -360,6 +384,10 @@ fn render(
         proxy::report(&mut out, p)?;
         writeln!(out)?;
     }
+    if let Some(n) = &results.node {
+        node::report(&mut out, n)?;
+        writeln!(out)?;
+    }
     targets::report(&mut out, results)?;
     Ok(out)
 }
@@ -405,6 +433,22 @@ fn build_echo_backend() -> anyhow::Result<PathBuf> {
         "building echo-backend",
     )?;
     Ok(target_dir().join("release/echo-backend"))
+}
+
+/// The node-mode tests' pod process, for the node section's pods.
+fn build_pod_server() -> anyhow::Result<PathBuf> {
+    run_checked(
+        build::cargo().args([
+            "build",
+            "--release",
+            "--package",
+            "integration-tests",
+            "--bin",
+            "pod-server",
+        ]),
+        "building pod-server",
+    )?;
+    Ok(target_dir().join("release/pod-server"))
 }
 
 /// A release build of xtask itself, for `xtask procfs-count` (see
