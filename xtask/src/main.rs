@@ -53,9 +53,9 @@ enum Command {
         /// Minutes of churn in the soak [default: 30, or 0.75 with --quick]
         #[arg(long, value_parser = parse_minutes)]
         soak_minutes: Option<f64>,
-        /// Kernel path: also run this other build of the tracker in every
-        /// round, side by side with this one (NAME=PATH, repeatable; e.g. the
-        /// previous program built from main)
+        /// Kernel path and proxy: also run this other build of the tracker
+        /// in every round, side by side with this one (NAME=PATH,
+        /// repeatable; e.g. the previous program built from main)
         #[arg(long, value_name = "NAME=PATH", value_parser = parse_variant)]
         compare: Vec<(String, std::path::PathBuf)>,
     },

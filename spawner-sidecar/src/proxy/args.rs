@@ -128,7 +128,7 @@ pub struct Args {
           env = "SPAWNER_SIDECAR_PROXY_SHUTDOWN_TIMEOUT")]
     pub shutdown_timeout: Duration,
 
-    /// Where the tracker sees the pod's own connections to a target's port; auto picks the best that works here
+    /// Where the tracker sees the pod's own connections to a target's port (and, on eBPF, readiness a target's listener); auto picks the best that works here
     #[arg(long, value_name = "SOURCE", value_enum, default_value_t = SourceChoice::Auto,
           env = "SPAWNER_SIDECAR_PROXY_SOURCE")]
     pub source: SourceChoice,

@@ -17,6 +17,7 @@ use super::{
     service::{Phase, Service},
     signal::Signal,
     spec::IdleAction,
+    tracker::Listening,
 };
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -105,30 +106,41 @@ pub async fn supervise(service: Arc<Service>, mut shutdown: watch::Receiver<bool
                 continue;
             }
         };
+        let look = |target: &Target| match &service.tracker {
+            Some(tracker) => tracker.listeners(name, target),
+            None => Listening::Unknown,
+        };
         let ready = tokio::select! {
-            () = async {
-                ready::wait(&targets, service.spec.check_url.as_ref(), service.dial_local()).await;
+            noticed = async {
+                let noticed = ready::wait(&targets, service.spec.check_url.as_ref(), service.dial_local(), look).await;
                 tokio::time::sleep(service.spec.wait_after_start).await;
-            } => None,
-            status = process.wait() => Some(status),
+                noticed
+            } => Ok(noticed),
+            status = process.wait() => Err(status),
             _ = shutdown.changed() => {
                 stop(&service, &mut process, start).await;
                 break;
             }
         };
-        if let Some(status) = ready {
-            failures += 1;
-            retry_at = Instant::now() + backoff(failures);
-            warn!(service = name, start, failures, backoff = ?backoff(failures),
-                  "exited before it was ready: {}", describe(&status));
-            service.phase.send_replace(Phase::Stopped {
-                last: Some(start),
-                failures,
-            });
-            continue;
-        }
+        let noticed = match ready {
+            Ok(noticed) => noticed,
+            Err(status) => {
+                failures += 1;
+                retry_at = Instant::now() + backoff(failures);
+                warn!(service = name, start, failures, backoff = ?backoff(failures),
+                      "exited before it was ready: {}", describe(&status));
+                service.phase.send_replace(Phase::Stopped {
+                    last: Some(start),
+                    failures,
+                });
+                continue;
+            }
+        };
         let took = started.elapsed();
-        info!(service = name, start, pid = ?process.pid(), ?took, "ready");
+        // `noticed`: whether the kernel's listener count or the dial
+        // backoff found the targets open.
+        info!(service = name, start, pid = ?process.pid(), ?took,
+              noticed = noticed.map_or("-", ready::Noticed::as_str), "ready");
         service.phase.send_replace(Phase::Running { start });
         let mut ran_at = Instant::now();
         let end = loop {

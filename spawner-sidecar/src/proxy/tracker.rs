@@ -14,6 +14,11 @@
 //! and targets on other hosts (their connections are not in this
 //! namespace). When the source cannot be opened or read, one line says so
 //! and idleness is judged by proxied connections alone.
+//!
+//! Readiness asks it too ([`Tracker::listeners`]): the eBPF source's
+//! LISTEN count of a tracked target's port is fresh at each read (the
+//! kernel program counts the listen(2) as it happens, in this namespace
+//! only), so a start sees its backend's port open without dialing for it.
 use std::{
     collections::BTreeMap,
     net::ToSocketAddrs as _,
@@ -27,7 +32,7 @@ use std::{
 
 use spawner_sidecar_common::{DEFAULT_MAX_SOCKETS, MAX_IGNORED_PEERS};
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{
     address::Target,
@@ -39,7 +44,7 @@ use crate::{
     app::App,
     clock::boottime_ns,
     source::{
-        self, Reading, SourceChoice, SourceOptions,
+        self, Detail, Reading, SourceChoice, SourceKind, SourceOptions,
         peers::{PeerFilter, PeerNet},
     },
     status::port_list,
@@ -74,22 +79,33 @@ pub fn wanted(spec: &ServiceSpec) -> bool {
     spec.stop_after.is_some() && !spec.is_forwarder()
 }
 
-/// The ports of `spec`'s targets served in this namespace (names resolved
-/// now, blocking), ascending.
-pub fn local_ports(spec: &ServiceSpec, local: &Local) -> Vec<u16> {
-    let mut ports: Vec<u16> = spec
-        .routes
+/// `spec`'s `host:port` targets served in this namespace (names resolved
+/// now, blocking), in the spec's order, each once.
+pub fn local_targets(spec: &ServiceSpec, local: &Local) -> Vec<Target> {
+    let mut targets: Vec<Target> = Vec::new();
+    for route in &spec.routes {
+        let Target::Host { host, port } = &route.target else {
+            continue;
+        };
+        let is_local = match host.parse() {
+            Ok(ip) => local.contains(ip),
+            Err(_) => (host.as_str(), *port)
+                .to_socket_addrs()
+                .is_ok_and(|mut found| found.any(|a| local.contains(a.ip()))),
+        };
+        if is_local && !targets.contains(&route.target) {
+            targets.push(route.target.clone());
+        }
+    }
+    targets
+}
+
+/// The ports of `targets`, ascending.
+fn ports_of(targets: &[Target]) -> Vec<u16> {
+    let mut ports: Vec<u16> = targets
         .iter()
-        .filter_map(|route| match &route.target {
-            Target::Host { host, port } => {
-                let is_local = match host.parse() {
-                    Ok(ip) => local.contains(ip),
-                    Err(_) => (host.as_str(), *port)
-                        .to_socket_addrs()
-                        .is_ok_and(|mut found| found.any(|a| local.contains(a.ip()))),
-                };
-                is_local.then_some(*port)
-            }
+        .filter_map(|t| match t {
+            Target::Host { port, .. } => Some(*port),
             Target::Exec { .. } => None,
         })
         .collect();
@@ -99,8 +115,23 @@ pub fn local_ports(spec: &ServiceSpec, local: &Local) -> Vec<u16> {
 }
 
 struct Watch {
+    /// The local targets, for readiness.
+    targets: Vec<Target>,
     ports: Vec<u16>,
     activity: Activity,
+}
+
+/// What the kernel says of a target's listeners, for readiness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listening {
+    /// The source is still being opened: ask again later.
+    NotYet,
+    /// LISTEN sockets on the target's port in this namespace, now.
+    Count(u64),
+    /// No fresh count: the target is not tracked (not local, or its service
+    /// cannot stop for idleness), or the source is not eBPF (a polling
+    /// source's read costs milliseconds), or it could not be opened or read.
+    Unknown,
 }
 
 struct Open {
@@ -114,6 +145,8 @@ pub struct Tracker {
     local: Local,
     started_ns: u64,
     open: OnceLock<Open>,
+    /// [`Tracker::open`] is over, whether it opened the source or not.
+    settled: AtomicBool,
     /// A read failed and has not succeeded since: said once.
     failing: AtomicBool,
 }
@@ -124,6 +157,7 @@ impl Tracker {
             local,
             started_ns: boottime_ns(),
             open: OnceLock::new(),
+            settled: AtomicBool::new(false),
             failing: AtomicBool::new(false),
         })
     }
@@ -138,9 +172,18 @@ impl Tracker {
     /// off the async workers. Until it is done, and if it fails, idleness is
     /// judged by proxied connections alone.
     pub fn open(&self, services: &[ServiceSpec], settings: &Settings) {
+        if let Some(open) = self.open_source(services, settings) {
+            let _ = self.open.set(open);
+        }
+        // After the source: whoever sees this sees the source too.
+        self.settled.store(true, Ordering::Release);
+    }
+
+    fn open_source(&self, services: &[ServiceSpec], settings: &Settings) -> Option<Open> {
         let mut watches = BTreeMap::new();
         for spec in services.iter().filter(|s| wanted(s)) {
-            let ports = local_ports(spec, &self.local);
+            let targets = local_targets(spec, &self.local);
+            let ports = ports_of(&targets);
             if ports.is_empty() {
                 continue;
             }
@@ -149,13 +192,14 @@ impl Tracker {
             watches.insert(
                 spec.name.clone(),
                 Watch {
+                    targets,
                     ports,
                     activity: Activity::new(self.started_ns, settings.activity_min_age),
                 },
             );
         }
         if watches.is_empty() {
-            return;
+            return None;
         }
         let mut ports: Vec<u16> = watches.values().flat_map(|w| w.ports.clone()).collect();
         ports.sort_unstable();
@@ -175,7 +219,7 @@ impl Tracker {
             Ok(source) => source,
             Err(e) => {
                 warn!("tracker unavailable, idle is judged by proxied connections only: {e:#}");
-                return;
+                return None;
             }
         };
         info!(source = %source.kind(), "tracking the targets' ports");
@@ -184,7 +228,40 @@ impl Tracker {
             Activity::new(self.started_ns, settings.activity_min_age),
             Duration::ZERO,
         );
-        let _ = self.open.set(Open { app, watches });
+        Some(Open { app, watches })
+    }
+
+    /// The LISTEN sockets on `target`'s port now, if `service` tracks it
+    /// and the source is eBPF. Not off the async workers: the eBPF
+    /// source's read is one BPF map lookup per followed port, microseconds,
+    /// and readiness asks every millisecond while a start waits.
+    pub fn listeners(&self, service: &str, target: &Target) -> Listening {
+        let settled = self.settled.load(Ordering::Acquire);
+        let Some(open) = self.open.get() else {
+            return if settled {
+                Listening::Unknown
+            } else {
+                Listening::NotYet
+            };
+        };
+        let (Some(watch), Target::Host { port, .. }) = (open.watches.get(service), target) else {
+            return Listening::Unknown;
+        };
+        if !watch.targets.contains(target) || open.app.source.kind() != SourceKind::Ebpf {
+            return Listening::Unknown;
+        }
+        match open.app.source.read(Detail::default()) {
+            Ok(reading) => reading
+                .get(port)
+                .map_or(Listening::Unknown, |r| Listening::Count(r.listeners)),
+            Err(e) => {
+                debug!(
+                    service,
+                    "readiness cannot read the tracker, dialing only: {e}"
+                );
+                Listening::Unknown
+            }
+        }
     }
 
     /// The last moment the pod's own connections made `service`'s target
@@ -267,7 +344,10 @@ mod tests {
             "exec:/bin/true",
             "127.0.0.1:8081",
         ]);
-        assert_eq!(local_ports(&s, &local), [8081, 8082, 8083]);
+        let targets = local_targets(&s, &local);
+        let shown: Vec<String> = targets.iter().map(ToString::to_string).collect();
+        assert_eq!(shown, ["127.0.0.1:8081", "localhost:8082", "[::1]:8083"]);
+        assert_eq!(ports_of(&targets), [8081, 8082, 8083]);
         assert!(wanted(&s));
     }
 
