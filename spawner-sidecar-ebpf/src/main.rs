@@ -308,7 +308,16 @@ fn try_track_tcp_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
         return Err(-1);
     };
     // SAFETY: a valid per-CPU slot; no nested run on this CPU (see `bump`).
-    count(ctx, sk, &cfg, &id, unsafe { &mut *counts }, port, oldstate, newstate);
+    count(
+        ctx,
+        sk,
+        &cfg,
+        &id,
+        unsafe { &mut *counts },
+        port,
+        oldstate,
+        newstate,
+    );
     Ok(())
 }
 
@@ -373,7 +382,16 @@ fn try_track_node(ctx: &BtfTracePointContext) -> Result<(), i32> {
     // no socket left, so no transition is expected to race the delete; one
     // that did would land in a recycled element, an error the next snapshot
     // of that namespace corrects.
-    count(ctx, sk, &cfg, &id, unsafe { &mut *counts }, port, oldstate, newstate);
+    count(
+        ctx,
+        sk,
+        &cfg,
+        &id,
+        unsafe { &mut *counts },
+        port,
+        oldstate,
+        newstate,
+    );
     Ok(())
 }
 

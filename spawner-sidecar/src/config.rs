@@ -113,7 +113,6 @@ pub struct TrackArgs {
           default_value_t = DEFAULT_MAX_SOCKETS,
           value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
     pub max_tracked_connections: u32,
-
 }
 
 impl TrackArgs {

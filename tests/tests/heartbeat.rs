@@ -437,9 +437,11 @@ fn server_flips_to_503_on_failure_and_back_to_200_on_recovery() {
     assert_eq!(body["targets"][0]["consecutive_failures"], 0);
     assert_eq!(body["targets"][0]["last_error"], Value::Null);
     // The answer can come before the log line has reached our reader.
-    eventually(Duration::from_secs(5), || match hb.count("target recovered") {
-        1 => Ok(()),
-        n => Err(format!("{n} \"target recovered\" lines: {}", hb.log())),
+    eventually(Duration::from_secs(5), || {
+        match hb.count("target recovered") {
+            1 => Ok(()),
+            n => Err(format!("{n} \"target recovered\" lines: {}", hb.log())),
+        }
     });
 
     assert_eq!(http::request(port, "GET", "/healthz").0, 404);

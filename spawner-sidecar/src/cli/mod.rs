@@ -95,7 +95,8 @@ pub fn parse(args: Vec<OsString>) -> Result<Cli, clap::Error> {
     if cli.daemon.track.all_ports && !port_given(&matches) {
         cli.daemon.watch.monitor_port.clear();
     }
-    if let (Some(Command::Node(node)), Some(("node", sub))) = (&mut cli.command, matches.subcommand())
+    if let (Some(Command::Node(node)), Some(("node", sub))) =
+        (&mut cli.command, matches.subcommand())
     {
         if node.track.all_ports && !port_given(sub) {
             node.watch.monitor_port.clear();
@@ -155,7 +156,11 @@ mod tests {
     fn defaults_match_the_original() {
         let c = daemon(&[]).expect("defaults");
         assert_eq!(
-            (c.watch.monitor_port, c.track.refresh_rate_seconds, c.track.serve_port),
+            (
+                c.watch.monitor_port,
+                c.track.refresh_rate_seconds,
+                c.track.serve_port
+            ),
             (vec![8080], 10, 7070)
         );
         assert_eq!(c.track.serve_address.to_string(), "0.0.0.0");

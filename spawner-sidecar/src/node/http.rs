@@ -17,8 +17,8 @@ use tokio::sync::Semaphore;
 use super::registry::{Entry, Registry};
 use crate::{
     cgroup,
-    coalesce::Coalesced,
     clock::nanos,
+    coalesce::Coalesced,
     http::{MAX_WAITERS, bad_request, drain_response, metrics_response, unavailable},
     metrics::{self, Labels, NodeFigures, PortSet},
     serve::not_found,
@@ -60,7 +60,10 @@ fn error(status: StatusCode, message: String) -> Response {
 
 /// The pod `uid` names, looked up again after a sync if not known yet (it
 /// may have started a moment ago).
-#[expect(clippy::result_large_err, reason = "the error is the answer itself, made once per request")]
+#[expect(
+    clippy::result_large_err,
+    reason = "the error is the answer itself, made once per request"
+)]
 fn find_pod(api: &Api, uid: &str) -> Result<Entry, Response> {
     let Some(uid) = cgroup::parse_uid(uid) else {
         return Err(bad_request(format!("{uid:?} is not a pod UID")));
@@ -74,7 +77,10 @@ fn find_pod(api: &Api, uid: &str) -> Result<Entry, Response> {
         .ok_or_else(|| error(StatusCode::NOT_FOUND, format!("no followed pod {uid}")))
 }
 
-#[expect(clippy::result_large_err, reason = "the error is the answer itself, made once per request")]
+#[expect(
+    clippy::result_large_err,
+    reason = "the error is the answer itself, made once per request"
+)]
 fn find_netns(api: &Api, inode: &str) -> Result<Entry, Response> {
     let Ok(netns) = inode.parse::<u32>() else {
         return Err(bad_request(format!(
@@ -212,7 +218,11 @@ async fn render(api: &Api) -> Result<String, String> {
             let labels: Labels = vec![
                 (
                     "pod_uid",
-                    entry.pod.as_ref().map(|p| p.uid.clone()).unwrap_or_default(),
+                    entry
+                        .pod
+                        .as_ref()
+                        .map(|p| p.uid.clone())
+                        .unwrap_or_default(),
                 ),
                 ("netns", entry.netns.to_string()),
             ];

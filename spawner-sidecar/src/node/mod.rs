@@ -59,7 +59,10 @@ async fn run(
     let host = Arc::new(HostProc::open(&args.host_proc).context("--host-proc")?);
     let address = std::net::SocketAddr::new(args.track.serve_address, args.track.serve_port);
     let listener = serve::listen(address).with_context(|| format!("cannot listen on {address}"))?;
-    let serve_port = listener.local_addr().context("reading the bound address")?.port();
+    let serve_port = listener
+        .local_addr()
+        .context("reading the bound address")?
+        .port();
     let options = NodeOptions {
         source: SourceOptions {
             excluded_ports: vec![serve_port],

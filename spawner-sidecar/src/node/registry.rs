@@ -109,7 +109,9 @@ impl Registry {
             let pod = self.attribute(netns, &pids);
             if pod != entry.pod {
                 match &pod {
-                    Some(p) => info!(netns, pod_uid = %p.uid, containers = ?p.containers, "namespace attributed to a pod"),
+                    Some(p) => {
+                        info!(netns, pod_uid = %p.uid, containers = ?p.containers, "namespace attributed to a pod")
+                    }
                     None => debug!(netns, "namespace belongs to no pod"),
                 }
             }
@@ -150,7 +152,11 @@ impl Registry {
         }
         if read == 0 {
             self.attribution_failures.fetch_add(1, Ordering::Relaxed);
-            debug!(netns, ?pids, "no cgroup of the namespace's processes could be read");
+            debug!(
+                netns,
+                ?pids,
+                "no cgroup of the namespace's processes could be read"
+            );
         }
         containers.sort();
         uid.map(|uid| Pod {

@@ -40,7 +40,7 @@ use crate::{
         netns::{HostProc, NetnsSnapshotter},
         peers::PeerFilter,
         reconcile::EventCounts,
-        snapshot::{self, SnapshotRequest, SocketEntry, Snapshotter as _},
+        snapshot::{self, SnapshotRequest, Snapshotter as _, SocketEntry},
     },
 };
 
@@ -366,8 +366,8 @@ impl NodeSource {
             state.keyed_bits.insert(port);
             let namespace = self.namespace(&mut state.namespaces, netns);
             namespace.keys.insert(port);
-            let followed = namespace.book.follow.ports().contains(&port)
-                || namespace.book.follow.add(port);
+            let followed =
+                namespace.book.follow.ports().contains(&port) || namespace.book.follow.add(port);
             if followed {
                 namespace.book.track(port);
             } else {
@@ -606,18 +606,22 @@ impl NodeSource {
             let ports = namespace.book.follow.ports();
             let before = Self::event_counts(&state.maps, netns, &ports)?;
             let lost = self.lost(&state.maps);
-            if !namespace.book.snapshot_needed(Instant::now(), lost, &before) {
+            if !namespace
+                .book
+                .snapshot_needed(Instant::now(), lost, &before)
+            {
                 return Ok(());
             }
             (ports, before, snapshots)
         };
         let started = boottime_ns();
         let refused_before = snapshots.fallback_reason().is_some();
-        let sockets = snapshots
-            .snapshot(&self.request(&ports))
-            .map_err(|e| SourceError::Snapshot {
-                source: Box::new(e),
-            })?;
+        let sockets =
+            snapshots
+                .snapshot(&self.request(&ports))
+                .map_err(|e| SourceError::Snapshot {
+                    source: Box::new(e),
+                })?;
         if let (false, Some(reason)) = (refused_before, snapshots.fallback_reason()) {
             warn!(netns, "snapshots of this namespace read /proc: {reason}");
         }

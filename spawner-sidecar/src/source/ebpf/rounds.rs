@@ -170,7 +170,14 @@ mod tests {
         after: &BTreeMap<u16, EventCounts>,
     ) -> bool {
         let (corrections, last) = state;
-        if !snapshot_needed(last.as_ref(), now, SNAPSHOT_AT_LEAST_EVERY, Some(0), corrections, before) {
+        if !snapshot_needed(
+            last.as_ref(),
+            now,
+            SNAPSHOT_AT_LEAST_EVERY,
+            Some(0),
+            corrections,
+            before,
+        ) {
             return false;
         }
         let folded = fold_snapshot(corrections, before, counted, after);
@@ -306,11 +313,39 @@ mod tests {
         round(&mut state, t0, &quiet, &snapshot(0, 0), &quiet);
         let (corrections, last) = &state;
         let last = last.as_ref();
-        assert!(!snapshot_needed(last, t0, SNAPSHOT_AT_LEAST_EVERY, Some(0), corrections, &quiet));
-        assert!(snapshot_needed(last, t0, SNAPSHOT_AT_LEAST_EVERY, Some(1), corrections, &quiet));
-        assert!(snapshot_needed(last, t0, SNAPSHOT_AT_LEAST_EVERY, None, corrections, &quiet));
+        assert!(!snapshot_needed(
+            last,
+            t0,
+            SNAPSHOT_AT_LEAST_EVERY,
+            Some(0),
+            corrections,
+            &quiet
+        ));
+        assert!(snapshot_needed(
+            last,
+            t0,
+            SNAPSHOT_AT_LEAST_EVERY,
+            Some(1),
+            corrections,
+            &quiet
+        ));
+        assert!(snapshot_needed(
+            last,
+            t0,
+            SNAPSHOT_AT_LEAST_EVERY,
+            None,
+            corrections,
+            &quiet
+        ));
         let later = t0 + SNAPSHOT_AT_LEAST_EVERY;
-        assert!(snapshot_needed(last, later, SNAPSHOT_AT_LEAST_EVERY, Some(0), corrections, &quiet));
+        assert!(snapshot_needed(
+            last,
+            later,
+            SNAPSHOT_AT_LEAST_EVERY,
+            Some(0),
+            corrections,
+            &quiet
+        ));
     }
 
     #[test]
