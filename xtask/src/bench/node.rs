@@ -932,7 +932,7 @@ pub fn report(out: &mut String, n: &NodeBench) -> fmt::Result {
     if let (Some(pods), Some(metrics)) = (list("/pods"), list("/metrics")) {
         writeln!(
             out,
-            "`GET /pods` reads every namespace in turn, each read handed to the blocking pool: {:.1} ms of CPU per answer, {:.0} µs per namespace. `GET /metrics` costs {:.1} ms: it also reads the whole per-connection map (`SOCKETS`, whose batch read walks all its 65 536 buckets whatever it holds) once per namespace, for the connection ages. Profiled with perf on 2026-12-02 (999 namespaces, scrapes back to back): that batch read took 18 % of the tracker's CPU, the hand-offs to the blocking pool most of the rest, the encoding about 10 %. A Prometheus scraping every 15 s would cost {:.1} % of a core here; reading the map once per scrape would take the per-namespace map walk out.\n",
+            "`GET /pods` reads every namespace in turn (each through its own answer, as `GET /pods/<uid>` would): {:.1} ms of CPU per answer, {:.0} µs per namespace. `GET /metrics` costs {:.1} ms: one read of every namespace's counts and one of the per-connection map (`SOCKETS`, for the connection ages) per scrape (since commit 01dca73; before it, the map was walked once per namespace: 112 ms here), concurrent scrapes sharing one rendering. A Prometheus scraping every 15 s would cost {:.1} % of a core here.\n",
             pods.cpu_ms_per_request,
             pods.cpu_ms_per_request * 1e3 / many as f64,
             metrics.cpu_ms_per_request,
@@ -945,14 +945,14 @@ pub fn report(out: &mut String, n: &NodeBench) -> fmt::Result {
     let busy = i.per_second.iter().filter(|&&p| p >= BUSY_PERCENT).count();
     writeln!(
         out,
-        "### Idle with {many} namespaces followed\n\nOne node tracker following all {many} at `--refresh-rate-seconds 1`, no requests, its CPU read every second for {} s from when it was quiet after start-up (spawn to serving {:.1} s, serving to quiet {:.1} s). Every namespace also gets a snapshot at least once a minute (`SNAPSHOT_AT_LEAST_EVERY`), and all were seeded at start together, so those come in one tick each minute: {}.\n",
+        "### Idle with {many} namespaces followed\n\nOne node tracker following all {many} at `--refresh-rate-seconds 1`, no requests, its CPU read every second for {} s from when it was quiet after start-up (spawn to serving {:.1} s, serving to quiet {:.1} s). However quiet, every namespace is snapshotted again at least every 10-11 minutes (staggered by namespace) and whenever the kernel skipped a run (before commit 01dca73: every minute, all in one tick: 3.5 ms per namespace, 12.3 % of a core on average); {}.\n",
         i.seconds,
         secs(i.start),
         secs(i.settled),
-        if i.seconds >= 120 {
-            "the window holds two of them"
+        if i.seconds >= 660 {
+            "the window holds one round of them"
         } else {
-            "a window under a minute (`--quick`) holds none"
+            "this window is shorter than that, so it shows the ticks alone"
         }
     )?;
     writeln!(
@@ -1000,7 +1000,7 @@ pub fn report(out: &mut String, n: &NodeBench) -> fmt::Result {
     }
     writeln!(
         out,
-        "Where it goes, profiled with perf on 2026-12-02 (999 namespaces): between passes about 80 % of the tracker's CPU is thread hand-offs (futex and eventfd wake-ups): each tick observes every namespace with a read of its own on the blocking pool, {many} hand-offs a second; `readlink` of each namespace's first process (is it still there?) about 6 %, map reads about 4 %. The passes are `tcp_diag_dump`: a sock_diag dump filters by namespace but walks the host's whole TCP hash table (262 144 buckets on this machine) for every namespace. What would cut them: the tick reading every namespace in one blocking task; for the passes, spreading them over the minute (a lower peak, the same mean), or a table per namespace: `net.ipv4.tcp_child_ehash_entries` set on the host before the pods' namespaces are made (Linux 6.1+) gives each new namespace an established-socket hash table of its own, which its dump walks instead of the host's (the listener table stays shared; a `ss -Htan` process in such a namespace, 1 024 buckets, took 6.6-7.2 ms against 15.8-17.0 ms in one sharing the host's table, 200 runs each, 2026-12-02).\n"
+        "Where it goes: each tick checks that each namespace's first process is still in it (a `readlink`), reads every namespace's counts in one blocking task (before commit 01dca73, one task per namespace: 80 % of the tick's CPU was those hand-offs, 67 µs per namespace per tick) and records them in each namespace's activity clock. The safety-net snapshots are `tcp_diag_dump`: a sock_diag dump filters by namespace but walks the host's whole TCP hash table (262 144 buckets on this machine), about 3.5 ms per namespace; `net.ipv4.tcp_child_ehash_entries` set on the host before the pods' namespaces are made (Linux 6.1+) gives each new namespace an established-socket table of its own, which its dump walks instead (a `ss -Htan` in such a namespace, 1 024 buckets, took 6.6-7.2 ms against 15.8-17.0 ms in one sharing the host's table, 200 runs each, 2026-12-02).\n"
     )?;
     writeln!(
         out,

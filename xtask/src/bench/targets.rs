@@ -534,16 +534,25 @@ fn node_miss(out: &mut String, miss: &str, n: &super::node::NodeBench) -> fmt::R
                     }
                     _ => "-".into(),
                 };
+            let kept_few = n.answer(n.trackers, kept).map(cpu);
+            let kept_many = n.answer(n.namespaces, kept).map(cpu);
+            // Whether the answer itself grows with the namespaces followed:
+            // on a kept connection only the answer is paid.
+            let answer_grows = matches!((kept_few, kept_many), (Some(f), Some(m)) if m > f * 1.1);
+            let why = if answer_grows {
+                "so the growth is in the answer itself: profile it (`perf record` on the tracker during keep-alive `/pods/<uid>`) before guessing"
+            } else {
+                "so the answer itself does not grow with the namespaces followed: the rest is the new connection's own cost (accept, a task, the socket's setup and teardown), which varies from run to run on this shared machine more than the target's margin"
+            };
             writeln!(
                 out,
-                "- *`GET /pods/<uid>` with {many} namespaces*: tracker CPU per answer grew from {} with {few} namespaces to {} with {many} on a new connection each, and from {} to {} on one keep-alive connection, so the growth is in the answer, not in the connection (a new connection minus keep-alive: {} with {few}, {} with {many}). Profiled with perf on 2026-12-02 (a tracker following 999 namespaces, keep-alive `/pods/<uid>`): about half its CPU was allocating, copying and freeing (malloc and free ~35 %, the collect into a list and the `Vec`/`String` clones ~15 %): `Registry::by_pod` clones every followed namespace's entry (its `Arc`, pod UID, QoS and container ids) into a new list to find one by linear search. What would close it: an index from pod UID to entry kept beside the entries, so that an answer clones one entry, not {many}; with {few} namespaces the same answer costs {}, under the target.",
+                "- *`GET /pods/<uid>` with {many} namespaces*: tracker CPU per answer {} with {few} namespaces and {} with {many} on a new connection each, {} and {} on one keep-alive connection, {why} (a new connection minus keep-alive: {} with {few}, {} with {many}).",
                 cost(n.trackers, fresh, cpu),
                 cost(n.namespaces, fresh, cpu),
                 cost(n.trackers, kept, cpu),
                 cost(n.namespaces, kept, cpu),
                 connection(n.trackers),
                 connection(n.namespaces),
-                cost(n.trackers, fresh, cpu),
                 many = n.namespaces,
                 few = n.trackers,
             )
