@@ -270,16 +270,38 @@ fn local_port(sk: *const u8, cfg: &TrackerConfig) -> Result<(u16, u16), i32> {
     Ok((num, sport))
 }
 
-fn try_track_tcp_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
-    bump(STAT_EVENTS);
-    let cfg = config();
-    let sk: *const u8 = ctx.arg(0);
-    let oldstate: i32 = ctx.arg(1);
-    let newstate: i32 = ctx.arg(2);
+/// One state change as both programs read it first: the socket, its two
+/// states, and its local port (`num` as read, 0 when the kernel had zeroed
+/// it).
+struct Transition {
+    sk: *const u8,
+    oldstate: i32,
+    newstate: i32,
+    num: u16,
+    port: u16,
+}
 
-    // The port first: on a busy node most transitions are on ports nobody
-    // follows, and they should cost one load and one array lookup.
-    let (num, port) = local_port(sk, &cfg)?;
+/// Counts the event and reads the transition. The port first: on a busy
+/// node most transitions are on ports nobody follows, and they should cost
+/// one load and one array lookup.
+#[inline(always)]
+fn transition(ctx: &BtfTracePointContext, cfg: &TrackerConfig) -> Result<Transition, i32> {
+    bump(STAT_EVENTS);
+    let sk: *const u8 = ctx.arg(0);
+    let (num, port) = local_port(sk, cfg)?;
+    Ok(Transition {
+        sk,
+        oldstate: ctx.arg(1),
+        newstate: ctx.arg(2),
+        num,
+        port,
+    })
+}
+
+fn try_track_tcp_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
+    let cfg = config();
+    let t = transition(ctx, &cfg)?;
+    let (sk, newstate, num, port) = (t.sk, t.newstate, t.num, t.port);
     let slot = match PORT_SLOTS.get(u32::from(port)) {
         Some(&slot) => slot,
         None => return Ok(()),
@@ -308,16 +330,7 @@ fn try_track_tcp_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
         return Err(-1);
     };
     // SAFETY: a valid per-CPU slot; no nested run on this CPU (see `bump`).
-    count(
-        ctx,
-        sk,
-        &cfg,
-        &id,
-        unsafe { &mut *counts },
-        port,
-        oldstate,
-        newstate,
-    );
+    count(ctx, &cfg, &t, &id, unsafe { &mut *counts });
     Ok(())
 }
 
@@ -337,13 +350,9 @@ pub fn track_tcp_state_node(ctx: BtfTracePointContext) -> i32 {
 }
 
 fn try_track_node(ctx: &BtfTracePointContext) -> Result<(), i32> {
-    bump(STAT_EVENTS);
     let cfg = config();
-    let sk: *const u8 = ctx.arg(0);
-    let oldstate: i32 = ctx.arg(1);
-    let newstate: i32 = ctx.arg(2);
-
-    let (num, port) = local_port(sk, &cfg)?;
+    let t = transition(ctx, &cfg)?;
+    let (sk, newstate, num, port) = (t.sk, t.newstate, t.num, t.port);
     let bits = match PORT_SLOTS.get(u32::from(port)) {
         Some(&bits) => bits,
         None => return Ok(()),
@@ -382,16 +391,7 @@ fn try_track_node(ctx: &BtfTracePointContext) -> Result<(), i32> {
     // no socket left, so no transition is expected to race the delete; one
     // that did would land in a recycled element, an error the next snapshot
     // of that namespace corrects.
-    count(
-        ctx,
-        sk,
-        &cfg,
-        &id,
-        unsafe { &mut *counts },
-        port,
-        oldstate,
-        newstate,
-    );
+    count(ctx, &cfg, &t, &id, unsafe { &mut *counts });
     Ok(())
 }
 
@@ -472,20 +472,17 @@ fn create_key(
 }
 
 /// What one transition of a followed socket changes in its port's counts
-/// (both modes). Always inlined: a BPF call takes at most five arguments,
-/// and the per-event path should not pay for a call anyway.
-#[allow(clippy::too_many_arguments)]
+/// (both modes). Always inlined: the per-event path should not pay for a
+/// call, and `cfg` must stay the constants the verifier knows.
 #[inline(always)]
 fn count(
     ctx: &BtfTracePointContext,
-    sk: *const u8,
     cfg: &TrackerConfig,
+    t: &Transition,
     id: &Identity,
     counts: &mut PortCounts,
-    port: u16,
-    oldstate: i32,
-    newstate: i32,
 ) {
+    let (sk, port, oldstate, newstate) = (t.sk, t.port, t.oldstate, t.newstate);
     counts.transitions += 1;
     if newstate == TCP_LISTEN {
         counts.listening += 1;

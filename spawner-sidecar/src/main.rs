@@ -71,22 +71,7 @@ fn main() -> ExitCode {
         Some(Command::Node(args)) => return node::main(*args),
         None => cli.daemon,
     };
-    let runtime = match runtime::build(Threads::PerCore) {
-        Ok(rt) => rt,
-        Err(code) => return code,
-    };
-    let shutdown = runtime::shutdown_signal(&runtime);
-    let result = runtime.block_on(run(config, shutdown));
-    // Requests cut at the shutdown deadline may have reads of the source in
-    // flight on the blocking pool; they end by themselves, do not wait.
-    runtime.shutdown_background();
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    runtime::run_to_exit(Threads::PerCore, |shutdown| run(config, shutdown))
 }
 
 async fn run(

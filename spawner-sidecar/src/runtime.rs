@@ -34,6 +34,31 @@ pub fn build(threads: Threads) -> Result<Runtime, ExitCode> {
     })
 }
 
+/// Runs `run` (given the stop signal) on a runtime of `threads`, then
+/// exits: 0, or its error on one line and 1. Work still on the blocking
+/// pool when it returns (reads cut at the shutdown deadline) ends by
+/// itself; the process does not wait for it.
+pub fn run_to_exit<F, Fut>(threads: Threads, run: F) -> ExitCode
+where
+    F: FnOnce(std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let runtime = match build(threads) {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let shutdown = Box::pin(shutdown_signal(&runtime));
+    let result = runtime.block_on(run(shutdown));
+    runtime.shutdown_background();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Resolves on SIGTERM or SIGINT. The handlers are installed by this call,
 /// before anything is served: a signal that arrives while a source loads
 /// then stops the process cleanly instead of killing it. Installing them

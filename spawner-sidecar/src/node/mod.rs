@@ -28,20 +28,7 @@ use crate::{
 };
 
 pub fn main(args: Args) -> ExitCode {
-    let runtime = match runtime::build(Threads::PerCore) {
-        Ok(rt) => rt,
-        Err(code) => return code,
-    };
-    let shutdown = runtime::shutdown_signal(&runtime);
-    let result = runtime.block_on(run(args, shutdown));
-    runtime.shutdown_background();
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    runtime::run_to_exit(Threads::PerCore, |shutdown| run(args, shutdown))
 }
 
 async fn run(

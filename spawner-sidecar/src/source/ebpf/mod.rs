@@ -97,6 +97,49 @@ pub(super) fn map_error(map: &'static str) -> impl Fn(aya::maps::MapError) -> So
     move |source| SourceError::Map { map, source }
 }
 
+/// Loads the program (node mode's with `node`), fills in the ignored peers,
+/// attaches it and self-tests it on sockets of our own namespace; then
+/// drops the listener reports the self-test made. Both sources start so.
+fn start(
+    options: &SourceOptions,
+    node: Option<load::NodeLimits>,
+) -> Result<(Loaded, Option<KernelLog>), SourceError> {
+    let mut loaded = load::load(&LoadOptions {
+        kernel_btf: options.kernel_btf.clone(),
+        max_sockets: options.max_tracked_connections,
+        activity_min_age: options.activity_min_age,
+        ignore_peers: !options.peers.is_empty(),
+        all_ports: options.all_ports,
+        node,
+    })?;
+    for net in options.peers.nets() {
+        let (prefix, data) = net.trie_key();
+        loaded
+            .ignored_peers
+            .insert(&aya::maps::lpm_trie::Key::new(prefix, data), 1, 0)
+            .map_err(map_error("IGNORED_PEERS"))?;
+    }
+    let mut kernel_log = match KernelLog::open(loaded.program.fd()) {
+        Ok(log) => Some(log),
+        Err(e) => {
+            warn!("the kernel program's log lines will not be shown: {e}");
+            None
+        }
+    };
+    loaded.attach()?;
+    let tested = selftest::run(&mut loaded.slots, &loaded.selftest, load::own_netns_inum()?);
+    // What the program read on the self-test port, whatever the verdict.
+    if let Some(log) = &mut kernel_log {
+        log.drain();
+    }
+    tested?;
+    // The self-test's own listeners were reported too (a key each in node
+    // mode): drop every report so far. A real socket made meanwhile is in
+    // the seeding snapshot.
+    while loaded.listeners.next().is_some() {}
+    Ok((loaded, kernel_log))
+}
+
 impl EbpfSource {
     /// Loads and attaches the program, self-tests it, follows the ports and
     /// seeds their counts from `snapshots`.
@@ -104,39 +147,8 @@ impl EbpfSource {
         options: &SourceOptions,
         snapshots: Arc<dyn Snapshotter>,
     ) -> Result<Arc<Self>, SourceError> {
-        let mut loaded = load::load(&LoadOptions {
-            kernel_btf: options.kernel_btf.clone(),
-            max_sockets: options.max_tracked_connections,
-            activity_min_age: options.activity_min_age,
-            ignore_peers: !options.peers.is_empty(),
-            all_ports: options.all_ports,
-            node: None,
-        })?;
-        for net in options.peers.nets() {
-            let (prefix, data) = net.trie_key();
-            loaded
-                .ignored_peers
-                .insert(&aya::maps::lpm_trie::Key::new(prefix, data), 1, 0)
-                .map_err(map_error("IGNORED_PEERS"))?;
-        }
-        let mut kernel_log = match KernelLog::open(loaded.program.fd()) {
-            Ok(log) => Some(log),
-            Err(e) => {
-                warn!("the kernel program's log lines will not be shown: {e}");
-                None
-            }
-        };
-        loaded.attach()?;
+        let (loaded, kernel_log) = start(options, None)?;
         let netns = loaded.config.netns_inum;
-        let tested = selftest::run(&mut loaded.slots, &loaded.selftest, netns);
-        // What the program read on the self-test port, whatever the verdict.
-        if let Some(log) = &mut kernel_log {
-            log.drain();
-        }
-        tested?;
-        // The self-test's own listeners were reported too: drop every report
-        // so far. A real listener made meanwhile is in the seeding snapshot.
-        while loaded.listeners.next().is_some() {}
 
         let Loaded {
             program,

@@ -29,8 +29,8 @@ use super::{
     book::Book,
     connection_ages::{self, SocketMap},
     kernel_log::KernelLog,
-    load::{self, LoadOptions, Loaded, NodeLimits},
-    map_error, selftest,
+    load::{self, Loaded, NodeLimits},
+    map_error,
 };
 use crate::{
     clock::{boottime_ns, nanos},
@@ -122,36 +122,8 @@ impl NodeSource {
     /// Loads and attaches the node program, self-tests it, and finds the
     /// namespaces that already have sockets on the followed ports.
     pub fn open(options: NodeOptions, host: Arc<HostProc>) -> Result<Arc<Self>, SourceError> {
-        let source_options = &options.source;
-        let mut loaded = load::load(&LoadOptions {
-            kernel_btf: source_options.kernel_btf.clone(),
-            max_sockets: source_options.max_tracked_connections,
-            activity_min_age: source_options.activity_min_age,
-            ignore_peers: !source_options.peers.is_empty(),
-            all_ports: source_options.all_ports,
-            node: Some(options.limits),
-        })?;
-        for net in source_options.peers.nets() {
-            let (prefix, data) = net.trie_key();
-            loaded
-                .ignored_peers
-                .insert(&aya::maps::lpm_trie::Key::new(prefix, data), 1, 0)
-                .map_err(map_error("IGNORED_PEERS"))?;
-        }
-        let mut kernel_log = match KernelLog::open(loaded.program.fd()) {
-            Ok(log) => Some(log),
-            Err(e) => {
-                warn!("the kernel program's log lines will not be shown: {e}");
-                None
-            }
-        };
-        loaded.attach()?;
+        let (loaded, kernel_log) = super::start(&options.source, Some(options.limits))?;
         let own_netns = load::own_netns_inum()?;
-        let tested = selftest::run(&mut loaded.slots, &loaded.selftest, own_netns);
-        if let Some(log) = &mut kernel_log {
-            log.drain();
-        }
-        tested?;
         let Loaded {
             program,
             slots,
@@ -181,17 +153,13 @@ impl NodeSource {
             }),
             refreshing: Mutex::new(()),
             host,
-            filter: source_options.peers.clone(),
-            min_age_ns: nanos(source_options.activity_min_age),
+            filter: options.source.peers.clone(),
+            min_age_ns: nanos(options.source.activity_min_age),
             own_netns,
             options,
         });
         {
             let mut state = lock(&source.state);
-            // The self-test's sockets made no keys (its port is marked for
-            // the self-test), but drop anything reported meanwhile: the
-            // scan below finds real sockets.
-            while state.maps.reports.next().is_some() {}
             for &port in &source.options.source.ports {
                 state
                     .maps
