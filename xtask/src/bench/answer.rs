@@ -11,7 +11,7 @@ use std::{
 
 use super::{
     MONITOR_PORT, Plan, SERVE_PORT,
-    netns::{NETNS, within},
+    netns::{bench_ns, within},
     stats::{median, percentile, sorted},
     status::{self, Connection},
     tracker::Tracker,
@@ -65,14 +65,14 @@ pub fn measure(
     // Requests first, with no tick during them (a refresh of an hour), so the
     // CPU per request is the answers' alone; the idle cost is measured on a
     // second tracker at a 1 s refresh.
-    let tracker = Tracker::start(bin, NETNS, source, "3600")?;
+    let tracker = Tracker::start(bin, bench_ns(), source, "3600")?;
     let fresh = requests(tracker.pid(), plan, Style::Fresh)?;
     let keep_alive = requests(tracker.pid(), plan, Style::KeepAlive)?;
     let peak_rss_mb = memory_kb(tracker.pid(), Memory::PeakRss)? as f64 / 1024.0;
     let rss_mb = memory_kb(tracker.pid(), Memory::Rss)? as f64 / 1024.0;
     drop(tracker);
 
-    let ticking = Tracker::start(bin, NETNS, source, "1")?;
+    let ticking = Tracker::start(bin, bench_ns(), source, "1")?;
     let idle_start = cpu_ns(ticking.pid())?;
     std::thread::sleep(Duration::from_secs(plan.idle_seconds));
     let idle = cpu_ns(ticking.pid())? - idle_start;
@@ -130,7 +130,7 @@ pub fn baseline(sockets: usize, runs: usize) -> anyhow::Result<Baseline> {
 
 fn baseline_ss(runs: usize) -> anyhow::Result<f64> {
     let query = ss::Query::state("established")
-        .netns(Some(NETNS))
+        .netns(Some(bench_ns()))
         .port(MONITOR_PORT);
     let mut times = Vec::new();
     for _ in 0..runs.max(3) {

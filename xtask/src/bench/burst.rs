@@ -20,7 +20,7 @@ use test_support::procinfo::{Memory, memory_kb};
 
 use super::{
     Plan, SERVE_PORT,
-    netns::{NETNS, within},
+    netns::{bench_ns, within},
     stats::{percentile, sorted},
     tracker::Tracker,
 };
@@ -38,7 +38,7 @@ pub struct Burst {
 }
 
 pub fn measure(bin: &Path, plan: &Plan) -> anyhow::Result<Burst> {
-    let tracker = Tracker::start(bin, NETNS, "ebpf", "3600")?;
+    let tracker = Tracker::start(bin, bench_ns(), "ebpf", "3600")?;
     let pid = tracker.pid();
     std::thread::sleep(Duration::from_secs(1));
     let baseline_kb = memory_kb(pid, Memory::Rss)?;

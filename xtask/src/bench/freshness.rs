@@ -18,7 +18,7 @@ use anyhow::{Context as _, bail};
 
 use super::{
     MONITOR_PORT, Plan, SERVE_PORT,
-    netns::{NETNS, within},
+    netns::{bench_ns, within},
     stats::{percentile, sorted},
     status::Connection,
     tracker::Tracker,
@@ -54,7 +54,7 @@ pub fn measure(
             .context("listening on the monitored port")
     })?;
     // The default refresh: freshness must not depend on a short one.
-    let tracker = Tracker::start(bin, NETNS, source, "10")?;
+    let tracker = Tracker::start(bin, bench_ns(), source, "10")?;
     let samples = plan.freshness_samples;
     let budget = plan.freshness_budget;
     let result = within(move || {

@@ -21,7 +21,7 @@ use anyhow::{Context as _, bail};
 use super::{
     MONITOR_PORT, Plan,
     floor::Floor,
-    netns::NETNS,
+    netns::bench_ns,
     stats::median,
     tracker::{Tracker, prog_stats},
 };
@@ -145,7 +145,7 @@ impl Drop for StatsSwitch {
 
 pub fn measure(bin: &Path, loop_bin: &Path, plan: &Plan) -> anyhow::Result<KernelPath> {
     let others: Vec<Netns> = (1..plan.trackers)
-        .map(|i| Netns::create(&format!("{NETNS}-c{i}")))
+        .map(|i| Netns::create(&format!("{}-c{i}", bench_ns())))
         .collect::<std::io::Result<_>>()?;
     let stats = StatsSwitch::new();
     // Throughput runs with statistics off: they add two clock reads to
@@ -203,7 +203,7 @@ pub fn measure(bin: &Path, loop_bin: &Path, plan: &Plan) -> anyhow::Result<Kerne
         result.floor.add(f_cost);
         drop(floor);
 
-        let one = Tracker::start(bin, NETNS, "ebpf", REFRESH)?;
+        let one = Tracker::start(bin, bench_ns(), "ebpf", REFRESH)?;
         let b = connloop(loop_bin, plan.loop_seconds)?;
         let (cost, rate) = with_stats(&stats, &[one.pid()], loop_bin, stats_seconds)?;
         result.b_prog.add(cost[0]);
@@ -214,7 +214,7 @@ pub fn measure(bin: &Path, loop_bin: &Path, plan: &Plan) -> anyhow::Result<Kerne
         let mut compared = Vec::new();
         let mut compared_ns = Vec::new();
         for other in &mut result.compared {
-            let tracker = Tracker::start(&other.bin, NETNS, "ebpf", REFRESH)?;
+            let tracker = Tracker::start(&other.bin, bench_ns(), "ebpf", REFRESH)?;
             compared.push(connloop(loop_bin, plan.loop_seconds)?);
             let (cost, _) = with_stats(&stats, &[tracker.pid()], loop_bin, stats_seconds)?;
             other.prog.add(cost[0]);
@@ -222,7 +222,7 @@ pub fn measure(bin: &Path, loop_bin: &Path, plan: &Plan) -> anyhow::Result<Kerne
         }
 
         // All spawned before any is waited for: they load in parallel.
-        let mut ten = vec![Tracker::spawn(bin, NETNS, "ebpf", REFRESH)?];
+        let mut ten = vec![Tracker::spawn(bin, bench_ns(), "ebpf", REFRESH)?];
         for ns in &others {
             ten.push(Tracker::spawn(bin, ns.name(), "ebpf", REFRESH)?);
         }
@@ -266,7 +266,7 @@ pub fn with_stats(
     loop_bin: &Path,
     seconds: f64,
 ) -> anyhow::Result<(Vec<ProgCost>, f64)> {
-    with_stats_in(NETNS, stats, pids, loop_bin, seconds)
+    with_stats_in(bench_ns(), stats, pids, loop_bin, seconds)
 }
 
 /// As [`with_stats`], the loop in namespace `ns`.
@@ -313,7 +313,7 @@ pub fn running_trackers() -> usize {
 }
 
 pub fn connloop(connloop: &Path, seconds: f64) -> anyhow::Result<f64> {
-    connloop_in(NETNS, connloop, seconds)
+    connloop_in(bench_ns(), connloop, seconds)
 }
 
 /// The loop in namespace `ns`: connections per second.

@@ -44,7 +44,7 @@ use std::{fmt::Write as _, fs, path::PathBuf, process::Command, time::Duration};
 use anyhow::Context as _;
 
 use crate::build::{self, run_checked, target_dir, workspace_root};
-use netns::NETNS;
+use netns::bench_ns;
 use population::Population;
 use test_support::Netns;
 
@@ -226,7 +226,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     // The node section makes namespaces of its own; every other one runs in
     // this one.
     let _ns = if sections.iter().any(|s| *s != Section::Node) {
-        Some(Netns::create(NETNS)?)
+        Some(Netns::create(bench_ns())?)
     } else {
         None
     };

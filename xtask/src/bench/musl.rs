@@ -20,7 +20,7 @@ use test_support::{
 
 use super::{
     MONITOR_PORT, Plan, SERVE_PORT,
-    netns::{NETNS, within},
+    netns::{bench_ns, within},
     stats::median,
     tracker::Tracker,
 };
@@ -51,9 +51,9 @@ pub struct Comparison {
 fn hold(holder: &Path) -> anyhow::Result<(Holder, Holder)> {
     let count = HELD.to_string();
     let port = MONITOR_PORT.to_string();
-    let mut server = Holder::spawn(holder, Some(NETNS), &["--serve".into(), port, count])?;
+    let mut server = Holder::spawn(holder, Some(bench_ns()), &["--serve".into(), port, count])?;
     server.expect_line("listening")?;
-    let client = Holder::connect(holder, Some(NETNS), MONITOR_PORT, HELD)?;
+    let client = Holder::connect(holder, Some(bench_ns()), MONITOR_PORT, HELD)?;
     server.expect_line(&format!("ready {HELD}"))?;
     Ok((server, client))
 }
@@ -101,7 +101,7 @@ fn raise_open_files() {
 }
 
 fn one_round(bin: &Path, build: &mut Build, requests: usize) -> anyhow::Result<()> {
-    let tracker = Tracker::start(bin, NETNS, "ebpf", "1")?;
+    let tracker = Tracker::start(bin, bench_ns(), "ebpf", "1")?;
     let pid = tracker.pid();
     std::thread::sleep(Duration::from_secs(1));
     build.peak_start_mb.push(memory_mb(pid, Memory::PeakRss)?);

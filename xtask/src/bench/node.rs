@@ -376,9 +376,9 @@ pub fn measure(
 ) -> anyhow::Result<NodeBench> {
     let few = plan.trackers - 1;
     let extra = plan.node_namespaces - plan.trackers;
-    // The loop's namespace is the section's own: the bench's shared one
-    // (`spawner-bench`, a fixed name) is remade by any other bench run on
-    // this host, which would take it from under a run this long.
+    // The loop's namespace is the section's own: the bench's shared one is
+    // not made when this section runs alone, and the pods' keeper deletes
+    // this one should the bench be killed before it does.
     let loop_ns = Netns::create(&node_pods::loop_netns())?;
     let ns = loop_ns.name();
     progress!("node: making {few} pods on port {MONITOR_PORT} and {extra} on port {EXTRA_PORT}");

@@ -10,8 +10,8 @@
 //! it removes every pod as soon as its stdin closes, which happens whenever
 //! the bench process is gone, however it ended. Names are
 //! `spawner-bench-pod-<bench pid>-<set>-<i>`: apart from the tests'
-//! (`ss-pod-*`), from the bench's own `spawner-bench` and `spawner-bench-c*`,
-//! and from another bench running at the same time; a keeper that was
+//! (`ss-pod-*`), from the bench's own `spawner-bench-<pid>` and its `-c*`, and
+//! from another bench running at the same time; a keeper that was
 //! itself killed leaves its namespaces to the next keeper's sweep. The
 //! keeper also deletes the section's loop namespace (`loop_netns`) when it
 //! ends, should the bench have been killed before deleting it.

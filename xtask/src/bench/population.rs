@@ -6,7 +6,7 @@ use std::path::Path;
 
 use test_support::sockets::Holder;
 
-use super::netns::NETNS;
+use super::netns::bench_ns;
 
 const PER_PROCESS: usize = 9_000;
 /// Well away from the monitored port and from the ephemeral range.
@@ -29,11 +29,11 @@ impl Population {
             let (port_text, count_text) = (port.to_string(), count.to_string());
             let mut server = Holder::spawn(
                 holder,
-                Some(NETNS),
+                Some(bench_ns()),
                 &["--serve".into(), port_text, count_text],
             )?;
             server.expect_line("listening")?;
-            holders.push(Holder::connect(holder, Some(NETNS), port, count)?);
+            holders.push(Holder::connect(holder, Some(bench_ns()), port, count)?);
             server.expect_line(&format!("ready {count}"))?;
             holders.push(server);
             remaining -= count;

@@ -17,7 +17,7 @@ use procfs::net::TcpState;
 
 use super::{
     MONITOR_PORT, SERVE_PORT,
-    netns::{NETNS, within},
+    netns::{bench_ns, within},
     stats::{median, thread_cpu_ns},
     status::Connection,
     tracker::Tracker,
@@ -56,7 +56,7 @@ pub fn measure(
         }
         Ok((listener, held))
     })?;
-    let tracker = Tracker::start(bin, NETNS, "proc", "3600")?;
+    let tracker = Tracker::start(bin, bench_ns(), "proc", "3600")?;
     let pid = tracker.pid();
     let mut api = within(|| Connection::connect(SERVE_PORT))?;
     let mut t = [(); 6].map(|()| Vec::with_capacity(runs));
@@ -117,7 +117,7 @@ struct ChildTiming {
 /// `dev` profile `cargo xtask` runs in would make the crate look slow for
 /// lack of optimisation, not for what it does.
 fn count_in_child(counter: &Path) -> anyhow::Result<ChildTiming> {
-    let out = netns::command(Some(NETNS), counter)
+    let out = netns::command(Some(bench_ns()), counter)
         .arg(COUNT_COMMAND)
         .output()
         .context("running xtask procfs-count")?;

@@ -22,7 +22,7 @@ use anyhow::bail;
 use super::{
     MONITOR_PORT, Plan, SERVE_PORT,
     churn::{Churn, Mix},
-    netns::{NETNS, within},
+    netns::{bench_ns, within},
     status::{self, Status},
     tracker::Tracker,
 };
@@ -171,7 +171,7 @@ pub fn measure(bin: &Path, plan: &Plan) -> anyhow::Result<Soak> {
         churn.open_held(HELD_AT_START)?;
         Ok(churn)
     })?;
-    let tracker = Tracker::start(bin, NETNS, "ebpf", &REFRESH_SECONDS.to_string())?;
+    let tracker = Tracker::start(bin, bench_ns(), "ebpf", &REFRESH_SECONDS.to_string())?;
     let pid = tracker.pid();
     let every = plan.soak_minutes.min(5.0) / if plan.soak_minutes < 15.0 { 3.0 } else { 1.0 };
     let segments = (plan.soak_minutes / every).round().max(1.0) as usize;
@@ -258,7 +258,7 @@ fn checkpoint(
 /// Sockets on the monitored port in `state`, by `ss` in the bench namespace.
 fn ss_count(state: &str) -> anyhow::Result<u64> {
     Ok(ss::Query::state(state)
-        .netns(Some(NETNS))
+        .netns(Some(bench_ns()))
         .port(MONITOR_PORT)
         .count()?)
 }
