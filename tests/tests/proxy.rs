@@ -943,6 +943,19 @@ fn the_status_page_follows_a_service_through_its_states_and_counts() {
     let cold = service["last_cold_start_seconds"].as_f64().unwrap();
     // The backend sleeps 500 ms before it listens.
     assert!(cold >= 0.5, "{service}");
+    // Bytes show while the connection lasts, not only once it ends.
+    let (code, _, text) = http_get_with(proxy.serve_port(), "/metrics", &[]);
+    assert_eq!(code, 200);
+    let samples = parse_metrics(&text, false);
+    let name = format!("port-{listen}");
+    for direction in ["to_backend", "to_client"] {
+        let labels = [("service", name.as_str()), ("direction", direction)];
+        assert_eq!(
+            sample(&samples, "spawner_sidecar_proxy_bytes_total", &labels),
+            Some(4.0),
+            "{direction} while open:\n{text}"
+        );
+    }
     held.shutdown(std::net::Shutdown::Write).unwrap();
     let mut rest = Vec::new();
     held.read_to_end(&mut rest).unwrap();

@@ -140,10 +140,14 @@ async fn serve(service: &Arc<Service>, target: &Target, client: TcpStream, peer:
     forward::no_delay(&backend);
     metrics.forwarded.inc();
     let _forwarding = Raised::new(&metrics.forwarding);
-    let moved = forward(client, backend).await;
-    metrics.bytes_to_backend.inc_by(moved.to_backend);
-    metrics.bytes_to_client.inc_by(moved.to_client);
-    if moved.reset {
+    if forward(
+        client,
+        backend,
+        &metrics.bytes_to_backend,
+        &metrics.bytes_to_client,
+    )
+    .await
+    {
         metrics.resets.inc();
     }
 }

@@ -38,17 +38,9 @@ use std::{
 
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
 use socket2::SockRef;
 use tokio::{io::Interest, net::TcpStream};
-
-/// Bytes moved in each direction.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Moved {
-    pub to_backend: u64,
-    pub to_client: u64,
-    /// The connection ended with a reset (propagated to the other side).
-    pub reset: bool,
-}
 
 /// Disables Nagle: the proxy must not add its own 40 ms batching delay to
 /// small writes the endpoints chose to send at once.
@@ -135,18 +127,27 @@ fn step(from: &TcpStream, to: &TcpStream) -> std::io::Result<Step> {
     })
 }
 
-/// One direction, until EOF (passed on as a FIN) or an error.
-async fn pump(from: &TcpStream, to: &TcpStream) -> std::io::Result<u64> {
-    let mut total = 0u64;
+/// One direction, until EOF (passed on as a FIN) or an error. `moved`
+/// counts the bytes as they are written: a long-lived connection shows in
+/// the metrics while it lasts, and one that ends in a reset keeps what it
+/// forwarded before.
+async fn pump(from: &TcpStream, to: &TcpStream, moved: &Counter) -> std::io::Result<()> {
+    let add = |n: usize| {
+        if n > 0 {
+            moved.inc_by(n as u64);
+        }
+    };
     loop {
         from.readable().await?;
         let mut pending = match step(from, to)? {
             Step::Eof(n) => {
+                add(n);
                 SockRef::from(to).shutdown(Shutdown::Write)?;
-                return Ok(total + n as u64);
+                return Ok(());
             }
             Step::Moved(n, pending) => {
-                total += n as u64;
+                // Read, and counted once written below.
+                add(n - pending.len());
                 pending
             }
         };
@@ -154,6 +155,7 @@ async fn pump(from: &TcpStream, to: &TcpStream) -> std::io::Result<u64> {
             to.writable().await?;
             match to.try_write(&pending) {
                 Ok(w) => {
+                    add(w);
                     pending.drain(..w);
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {}
@@ -163,23 +165,24 @@ async fn pump(from: &TcpStream, to: &TcpStream) -> std::io::Result<u64> {
     }
 }
 
-/// Copies until both directions ended; propagates a reset as a reset.
-pub async fn forward(client: TcpStream, backend: TcpStream) -> Moved {
-    match tokio::try_join!(pump(&client, &backend), pump(&backend, &client)) {
-        Ok((to_backend, to_client)) => Moved {
-            to_backend,
-            to_client,
-            reset: false,
-        },
-        Err(_) => {
-            reset(&client);
-            reset(&backend);
-            Moved {
-                reset: true,
-                ..Moved::default()
-            }
-        }
+/// Copies until both directions ended, counting the bytes each way as they
+/// go; propagates a reset as a reset. True when the connection ended with
+/// one.
+pub async fn forward(
+    client: TcpStream,
+    backend: TcpStream,
+    to_backend: &Counter,
+    to_client: &Counter,
+) -> bool {
+    let ended = tokio::try_join!(
+        pump(&client, &backend, to_backend),
+        pump(&backend, &client, to_client)
+    );
+    if ended.is_err() {
+        reset(&client);
+        reset(&backend);
     }
+    ended.is_err()
 }
 
 #[cfg(test)]
@@ -207,6 +210,38 @@ mod tests {
         (0..len).map(|i| (i % 251) as u8).collect()
     }
 
+    /// A connection that ends in a reset still reports the bytes it moved
+    /// before (the metrics add them up), and the reset reaches the client.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bytes_moved_before_a_reset_are_counted() {
+        let (mut client, client_side) = pair().await;
+        let (backend_side, mut backend) = pair().await;
+        let (to_backend, to_client) = (Counter::default(), Counter::default());
+        let counted = (to_backend.clone(), to_client.clone());
+        let proxy = tokio::spawn(async move {
+            forward(client_side, backend_side, &counted.0, &counted.1).await
+        });
+        let run = async {
+            client.write_all(&pattern(5000)).await.expect("write");
+            let mut got = vec![0; 5000];
+            backend.read_exact(&mut got).await.expect("read");
+            backend.write_all(&pattern(300)).await.expect("write");
+            let mut back = vec![0; 300];
+            client.read_exact(&mut back).await.expect("read");
+            reset(&backend);
+            drop(backend);
+            let mut rest = Vec::new();
+            client.read_to_end(&mut rest).await
+        };
+        let ended = tokio::time::timeout(Duration::from_secs(30), run)
+            .await
+            .expect("the reset was not passed on");
+        let reset = proxy.await.expect("forward");
+        assert_eq!(ended.map_err(|e| e.kind()), Err(ErrorKind::ConnectionReset));
+        assert!(reset);
+        assert_eq!((to_backend.get(), to_client.get()), (5000, 300));
+    }
+
     /// Messages of every size around the short-read rule and the buffer,
     /// written while the other side reads: nothing may be lost, reordered
     /// or left waiting for an edge that already came (the test would hang).
@@ -214,7 +249,11 @@ mod tests {
     async fn every_message_size_goes_through_both_ways_in_order() {
         let (mut client, client_side) = pair().await;
         let (backend_side, mut backend) = pair().await;
-        let proxy = tokio::spawn(forward(client_side, backend_side));
+        let (to_backend, to_client) = (Counter::default(), Counter::default());
+        let counted = (to_backend.clone(), to_client.clone());
+        let proxy = tokio::spawn(async move {
+            forward(client_side, backend_side, &counted.0, &counted.1).await
+        });
         let sizes = [
             1,
             64,
@@ -263,8 +302,10 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(60), run)
             .await
             .expect("a message was left waiting");
-        let moved = proxy.await.expect("forward");
-        assert_eq!(moved.to_backend, total as u64);
-        assert!(!moved.reset);
+        let reset = proxy.await.expect("forward");
+        assert!(!reset);
+        assert_eq!(to_backend.get(), total as u64);
+        // The ping-pong: each size once.
+        assert_eq!(to_client.get(), sizes.iter().sum::<usize>() as u64);
     }
 }
