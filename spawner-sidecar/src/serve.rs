@@ -64,7 +64,9 @@ pub async fn not_found() -> Response {
 
 /// Binds `address` with a listen backlog of `net.core.somaxconn` (as read
 /// in this network namespace); the unspecified IPv6 address takes IPv4
-/// clients too, whatever `net.ipv6.bindv6only` says.
+/// clients too, whatever `net.ipv6.bindv6only` says. Accepted sockets
+/// have TCP_NODELAY: answers and proxied messages are small writes that
+/// must not wait for Nagle.
 pub fn bind(address: SocketAddr) -> io::Result<std::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let backlog = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
@@ -84,6 +86,9 @@ pub fn bind(address: SocketAddr) -> io::Result<std::net::TcpListener> {
         socket.set_only_v6(false)?;
     }
     socket.set_nonblocking(true)?;
+    // Set once here: an accepted socket is a clone of its listener and
+    // inherits it, one setsockopt less per connection.
+    socket.set_tcp_nodelay(true)?;
     socket.bind(&address.into())?;
     socket.listen(backlog)?;
     debug!(%address, backlog, "listening");
@@ -125,8 +130,6 @@ pub async fn serve(
                 }
             },
         };
-        // Answers are one small write each: do not wait for Nagle.
-        let _ = stream.set_nodelay(true);
         let connection = http.serve_connection(
             TokioIo::new(stream),
             TowerToHyperService::new(router.clone()),

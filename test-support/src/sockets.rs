@@ -233,3 +233,65 @@ pub fn helper_beside_tests(name: &str) -> PathBuf {
         .filter(|p| p.is_file())
         .unwrap_or_else(|| panic!("{name} binary next to the tests: run with `cargo xtask test`"))
 }
+
+/// A connected TCP socket of another process, seen through a copy of its
+/// descriptor.
+#[derive(Debug)]
+pub struct Connected {
+    pub local: SocketAddr,
+    pub peer: SocketAddr,
+    pub nodelay: bool,
+}
+
+/// Every connected TCP socket process `pid` holds, with its TCP_NODELAY:
+/// what the process set, read from the kernel rather than from its logs.
+/// Copies each descriptor with pidfd_getfd(2) (Linux 5.6; needs ptrace
+/// rights over `pid`, which the root running the tests has).
+pub fn connected_sockets_of(pid: u32) -> io::Result<Vec<Connected>> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    // SAFETY: pidfd_open(2) with a pid and no flags; the result is a new
+    // descriptor we own, or -1.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if pidfd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor pidfd_open just returned and nothing else owns.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
+        let entry = entry?;
+        let is_socket = std::fs::read_link(entry.path())
+            .is_ok_and(|t| t.to_string_lossy().starts_with("socket:"));
+        let target_fd = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok());
+        let Some(target_fd) = target_fd.filter(|_| is_socket) else {
+            continue;
+        };
+        // SAFETY: pidfd_getfd(2) on a pidfd we own; the result is a new
+        // descriptor we own, or -1 (the fd may have closed meanwhile).
+        let copy = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), target_fd, 0) };
+        if copy < 0 {
+            continue;
+        }
+        // SAFETY: as above, a fresh descriptor owned by nobody else.
+        let socket = Socket::from(unsafe { OwnedFd::from_raw_fd(copy as i32) });
+        // An inet stream socket: TCP (the proxy opens no other kind).
+        let tcp = socket.r#type().is_ok_and(|t| t == Type::STREAM);
+        let (Ok(local), Ok(peer)) = (socket.local_addr(), socket.peer_addr()) else {
+            continue;
+        };
+        let (Some(local), Some(peer)) = (local.as_socket(), peer.as_socket()) else {
+            continue;
+        };
+        if tcp {
+            found.push(Connected {
+                local,
+                peer,
+                nodelay: socket.tcp_nodelay()?,
+            });
+        }
+    }
+    Ok(found)
+}

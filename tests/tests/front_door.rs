@@ -111,3 +111,21 @@ fn wait_for_idle_beyond_the_cap_is_a_503_that_says_so() {
     assert!(body.contains("\"active_connections\":1"), "{body}");
     drop(waiters);
 }
+
+/// Every answer is one small write: the accepted connection has
+/// TCP_NODELAY (from the listener), read from the daemon's own descriptor.
+#[test]
+fn an_accepted_connection_has_tcp_nodelay() {
+    let sidecar = Sidecar::start(&["--source", "sock-diag"]);
+    let stream = TcpStream::connect((Ipv4Addr::LOCALHOST, sidecar.port)).unwrap();
+    let ours = stream.local_addr().unwrap();
+    let found = eventually(Duration::from_secs(5), || {
+        let sockets = test_support::sockets::connected_sockets_of(sidecar.pid())
+            .map_err(|e| e.to_string())?;
+        sockets
+            .into_iter()
+            .find(|s| s.peer == ours)
+            .ok_or_else(|| format!("no accepted socket for {ours} yet"))
+    });
+    assert!(found.nodelay, "{found:?}");
+}

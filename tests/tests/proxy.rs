@@ -435,6 +435,32 @@ fn a_plain_forwarder_without_a_command_forwards() {
     backend.wait().unwrap();
 }
 
+/// TCP_NODELAY on both of a forwarded connection's sockets, read from the
+/// proxy's own descriptors (the client's side has it from the listener,
+/// which accepted sockets inherit).
+#[test]
+fn both_sockets_of_a_forwarded_connection_have_tcp_nodelay() {
+    let (listen, target) = (free_port(), free_port());
+    let backend = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, target)).unwrap();
+    let proxy = Proxy::start(&["-proxy", &pair(listen, target)], 1);
+    let mut client = TcpStream::connect((Ipv4Addr::LOCALHOST, listen)).unwrap();
+    client.write_all(b"x").unwrap();
+    let (mut accepted, _) = backend.accept().unwrap();
+    let mut byte = [0u8; 1];
+    accepted.read_exact(&mut byte).unwrap();
+    let sockets = test_support::sockets::connected_sockets_of(proxy.child.id()).unwrap();
+    let client_side = client.local_addr().unwrap();
+    let backend_side = accepted.peer_addr().unwrap();
+    let of = |peer: SocketAddr| {
+        sockets
+            .iter()
+            .find(|s| s.peer == peer || s.local == peer)
+            .unwrap_or_else(|| panic!("no socket for {peer} in {sockets:?}"))
+    };
+    assert!(of(client_side).nodelay, "client side: {sockets:?}");
+    assert!(of(backend_side).nodelay, "backend side: {sockets:?}");
+}
+
 #[test]
 fn the_service_stops_after_stop_after_with_its_signal_and_restarts_on_the_next_client() {
     let dir = scratch("idle");

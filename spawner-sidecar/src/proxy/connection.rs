@@ -136,7 +136,7 @@ async fn serve(service: &Arc<Service>, target: &Target, client: TcpStream, peer:
     };
     drop(held);
     service.end_cold_start();
-    forward::no_delay(&client);
+    // The client's socket has it from the listener (`serve::bind`).
     forward::no_delay(&backend);
     metrics.forwarded.inc();
     let _forwarding = Raised::new(&metrics.forwarding);

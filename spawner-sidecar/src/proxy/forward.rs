@@ -34,6 +34,7 @@ use std::{
     cell::RefCell,
     io::{ErrorKind, Read as _},
     net::Shutdown,
+    sync::atomic::{AtomicBool, Ordering::Relaxed},
 };
 
 use std::time::Duration;
@@ -131,7 +132,13 @@ fn step(from: &TcpStream, to: &TcpStream) -> std::io::Result<Step> {
 /// counts the bytes as they are written: a long-lived connection shows in
 /// the metrics while it lasts, and one that ends in a reset keeps what it
 /// forwarded before.
-async fn pump(from: &TcpStream, to: &TcpStream, moved: &Counter) -> std::io::Result<()> {
+/// `one_ended` is shared by the two directions.
+async fn pump(
+    from: &TcpStream,
+    to: &TcpStream,
+    moved: &Counter,
+    one_ended: &AtomicBool,
+) -> std::io::Result<()> {
     let add = |n: usize| {
         if n > 0 {
             moved.inc_by(n as u64);
@@ -142,7 +149,12 @@ async fn pump(from: &TcpStream, to: &TcpStream, moved: &Counter) -> std::io::Res
         let mut pending = match step(from, to)? {
             Step::Eof(n) => {
                 add(n);
-                SockRef::from(to).shutdown(Shutdown::Write)?;
+                // The second direction to end needs no shutdown: both
+                // sockets are closed next, and the close sends the FIN (its
+                // receive queue was read to the end, so not a reset).
+                if !one_ended.swap(true, Relaxed) {
+                    SockRef::from(to).shutdown(Shutdown::Write)?;
+                }
                 return Ok(());
             }
             Step::Moved(n, pending) => {
@@ -174,9 +186,10 @@ pub async fn forward(
     to_backend: &Counter,
     to_client: &Counter,
 ) -> bool {
+    let one_ended = AtomicBool::new(false);
     let ended = tokio::try_join!(
-        pump(&client, &backend, to_backend),
-        pump(&backend, &client, to_client)
+        pump(&client, &backend, to_backend, &one_ended),
+        pump(&backend, &client, to_client, &one_ended)
     );
     if ended.is_err() {
         reset(&client);
