@@ -73,6 +73,11 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        // Another owner may have deleted it already (the bench's pods
+        // keeper deletes the node section's loop namespace).
+        if !std::path::Path::new(&path(&self.name)).exists() {
+            return;
+        }
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .status();
