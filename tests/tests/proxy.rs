@@ -1078,6 +1078,30 @@ fn the_status_page_follows_a_service_through_its_states_and_counts() {
     assert_eq!(http_request(proxy.serve_port(), "POST", "/").0, 405);
 }
 
+/// A cold start lasts until the first byte is forwarded, not until the
+/// backend connection is made: a client that waits before it speaks makes
+/// a cold start as long as its wait.
+#[test]
+fn a_cold_start_ends_with_the_first_forwarded_byte() {
+    let (listen, target) = (free_port(), free_port());
+    let pair = pair(listen, target);
+    let target_text = target.to_string();
+    let mut args = SERVE.to_vec();
+    args.extend(["-proxy", &pair, BACKEND, "--delay", "200", &target_text]);
+    let proxy = Proxy::start(&args, 1);
+    let mut client = TcpStream::connect((Ipv4Addr::LOCALHOST, listen)).unwrap();
+    expect_state(&proxy, "running");
+    let service = proxy.service();
+    assert_eq!(service["last_cold_start_seconds"], Value::Null, "{service}");
+    std::thread::sleep(Duration::from_millis(1500));
+    client.write_all(b"late").unwrap();
+    let mut buf = [0u8; 4];
+    client.read_exact(&mut buf).unwrap();
+    let service = proxy.service();
+    let cold = service["last_cold_start_seconds"].as_f64().unwrap();
+    assert!(cold >= 1.5, "{service}");
+}
+
 #[test]
 fn repeated_failed_starts_show_as_a_crash_loop_and_timeouts_are_counted() {
     let (listen, target) = (free_port(), free_port());

@@ -135,19 +135,20 @@ async fn serve(service: &Arc<Service>, target: &Target, client: TcpStream, peer:
         }
     };
     drop(held);
-    service.end_cold_start();
     // The client's socket has it from the listener (`serve::bind`).
     forward::no_delay(&backend);
     metrics.forwarded.inc();
     let _forwarding = Raised::new(&metrics.forwarding);
-    if forward(
-        client,
-        backend,
+    // A cold start ends with the first byte forwarded, either way (a
+    // protocol where the server speaks first has its first byte from the
+    // backend).
+    let first_byte = || service.end_cold_start();
+    let shared = forward::Connection::new(
         &metrics.bytes_to_backend,
         &metrics.bytes_to_client,
-    )
-    .await
-    {
+        &first_byte,
+    );
+    if forward(client, backend, &shared).await {
         metrics.resets.inc();
     }
 }

@@ -128,38 +128,70 @@ fn step(from: &TcpStream, to: &TcpStream) -> std::io::Result<Step> {
     })
 }
 
-/// One direction, until EOF (passed on as a FIN) or an error. `moved`
-/// counts the bytes as they are written: a long-lived connection shows in
+/// What a connection's two directions share.
+pub struct Connection<'a> {
+    pub to_backend: &'a Counter,
+    pub to_client: &'a Counter,
+    /// Called once, when the first byte in either direction has been
+    /// written (the end of a cold start).
+    pub on_first_byte: &'a (dyn Fn() + Sync),
+    first_written: AtomicBool,
+    one_ended: AtomicBool,
+}
+
+impl<'a> Connection<'a> {
+    pub fn new(
+        to_backend: &'a Counter,
+        to_client: &'a Counter,
+        on_first_byte: &'a (dyn Fn() + Sync),
+    ) -> Self {
+        Self {
+            to_backend,
+            to_client,
+            on_first_byte,
+            first_written: AtomicBool::new(false),
+            one_ended: AtomicBool::new(false),
+        }
+    }
+
+    /// `n` bytes written towards the peer counted by `moved`.
+    fn wrote(&self, moved: &Counter, n: usize) {
+        if n == 0 {
+            return;
+        }
+        moved.inc_by(n as u64);
+        if !self.first_written.load(Relaxed) && !self.first_written.swap(true, Relaxed) {
+            (self.on_first_byte)();
+        }
+    }
+}
+
+/// One direction, until EOF (passed on as a FIN) or an error. Bytes are
+/// counted in `moved` as they are written: a long-lived connection shows in
 /// the metrics while it lasts, and one that ends in a reset keeps what it
 /// forwarded before.
-/// `one_ended` is shared by the two directions.
 async fn pump(
     from: &TcpStream,
     to: &TcpStream,
     moved: &Counter,
-    one_ended: &AtomicBool,
+    shared: &Connection<'_>,
 ) -> std::io::Result<()> {
-    let add = |n: usize| {
-        if n > 0 {
-            moved.inc_by(n as u64);
-        }
-    };
     loop {
         from.readable().await?;
         let mut pending = match step(from, to)? {
             Step::Eof(n) => {
-                add(n);
+                shared.wrote(moved, n);
                 // The second direction to end needs no shutdown: both
                 // sockets are closed next, and the close sends the FIN (its
                 // receive queue was read to the end, so not a reset).
-                if !one_ended.swap(true, Relaxed) {
+                if !shared.one_ended.swap(true, Relaxed) {
                     SockRef::from(to).shutdown(Shutdown::Write)?;
                 }
                 return Ok(());
             }
             Step::Moved(n, pending) => {
                 // Read, and counted once written below.
-                add(n - pending.len());
+                shared.wrote(moved, n - pending.len());
                 pending
             }
         };
@@ -167,7 +199,7 @@ async fn pump(
             to.writable().await?;
             match to.try_write(&pending) {
                 Ok(w) => {
-                    add(w);
+                    shared.wrote(moved, w);
                     pending.drain(..w);
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {}
@@ -180,16 +212,10 @@ async fn pump(
 /// Copies until both directions ended, counting the bytes each way as they
 /// go; propagates a reset as a reset. True when the connection ended with
 /// one.
-pub async fn forward(
-    client: TcpStream,
-    backend: TcpStream,
-    to_backend: &Counter,
-    to_client: &Counter,
-) -> bool {
-    let one_ended = AtomicBool::new(false);
+pub async fn forward(client: TcpStream, backend: TcpStream, shared: &Connection<'_>) -> bool {
     let ended = tokio::try_join!(
-        pump(&client, &backend, to_backend, &one_ended),
-        pump(&backend, &client, to_client, &one_ended)
+        pump(&client, &backend, shared.to_backend, shared),
+        pump(&backend, &client, shared.to_client, shared)
     );
     if ended.is_err() {
         reset(&client);
@@ -232,7 +258,9 @@ mod tests {
         let (to_backend, to_client) = (Counter::default(), Counter::default());
         let counted = (to_backend.clone(), to_client.clone());
         let proxy = tokio::spawn(async move {
-            forward(client_side, backend_side, &counted.0, &counted.1).await
+            let first = || {};
+            let shared = Connection::new(&counted.0, &counted.1, &first);
+            forward(client_side, backend_side, &shared).await
         });
         let run = async {
             client.write_all(&pattern(5000)).await.expect("write");
@@ -264,8 +292,14 @@ mod tests {
         let (backend_side, mut backend) = pair().await;
         let (to_backend, to_client) = (Counter::default(), Counter::default());
         let counted = (to_backend.clone(), to_client.clone());
+        let firsts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let called = firsts.clone();
         let proxy = tokio::spawn(async move {
-            forward(client_side, backend_side, &counted.0, &counted.1).await
+            let first = move || {
+                called.fetch_add(1, Relaxed);
+            };
+            let shared = Connection::new(&counted.0, &counted.1, &first);
+            forward(client_side, backend_side, &shared).await
         });
         let sizes = [
             1,
@@ -320,5 +354,6 @@ mod tests {
         assert_eq!(to_backend.get(), total as u64);
         // The ping-pong: each size once.
         assert_eq!(to_client.get(), sizes.iter().sum::<usize>() as u64);
+        assert_eq!(firsts.load(Relaxed), 1, "the first byte is told once");
     }
 }

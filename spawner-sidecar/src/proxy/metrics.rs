@@ -66,7 +66,7 @@ pub struct ServiceMetrics {
     pub starts_thaw: Counter,
     pub bytes_to_backend: Counter,
     pub bytes_to_client: Counter,
-    /// First held client to its backend connection, per cold start.
+    /// First held client to the first byte forwarded, per cold start or thaw.
     pub cold_start: Histogram,
 }
 
@@ -116,14 +116,14 @@ impl Metrics {
         let bytes = Family::<Labels, Counter>::default();
         registry.register(
             "bytes",
-            "Bytes forwarded by direction, counted when a connection ends",
+            "Bytes forwarded by direction, counted as they are written",
             bytes.clone(),
         );
         let cold_start =
             Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(histogram);
         registry.register(
             "cold_start_seconds",
-            "From the first held client to its backend connection, per start",
+            "From the client that asked for a start (or a thaw) to the first byte forwarded for it",
             cold_start.clone(),
         );
         let state = Family::<Labels, Gauge>::default();

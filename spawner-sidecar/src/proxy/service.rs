@@ -231,7 +231,7 @@ impl Service {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = requested;
     }
 
-    /// Called when a client's backend connection is up: the first after a
+    /// Called when a client's first byte is forwarded: the first after a
     /// cold start ends it.
     pub fn end_cold_start(&self) {
         let from = self
