@@ -1078,6 +1078,145 @@ fn the_status_page_follows_a_service_through_its_states_and_counts() {
     assert_eq!(http_request(proxy.serve_port(), "POST", "/").0, 405);
 }
 
+/// An echo backend on `ports`, without the proxy: the backend of plain
+/// forwarders.
+fn echo_on(ports: &[u16]) -> Child {
+    let mut command = Command::new(BACKEND);
+    command.args(ports.iter().map(u16::to_string));
+    let child = command.spawn().unwrap();
+    for port in ports {
+        eventually(Duration::from_secs(10), || {
+            TcpStream::connect((Ipv4Addr::LOCALHOST, *port))
+                .map(drop)
+                .map_err(|e| e.to_string())
+        });
+    }
+    child
+}
+
+/// ynetd's ways of naming listeners, all in one command line: `-proxy`
+/// repeated, `--proxy`, a `-ps` separator, an `[::1]:port` address; and the
+/// environment, which a flag overrides.
+#[test]
+fn repeated_proxy_flags_a_separator_ipv6_and_the_environment_all_name_listeners() {
+    let (t1, t2) = (free_port(), free_port());
+    let mut backend = echo_on(&[t1, t2]);
+    let (l1, l2, l3, from_env) = (free_port(), free_port(), free_port(), free_port());
+    let mut command = Command::new(binary());
+    command.env(
+        "SPAWNER_SIDECAR_PROXY_PROXY",
+        format!("127.0.0.1:{from_env},127.0.0.1:{t1}"),
+    );
+    let first = format!("127.0.0.1:{l1},127.0.0.1:{t1},[::1]:{l2},127.0.0.1:{t2}");
+    let second = format!(":{l3},127.0.0.1:{t1}");
+    let proxy = Proxy::start_with(
+        command,
+        &["-ps", ",", "-proxy", &first, "--proxy", &second],
+        3,
+    );
+    expect_echo(l1, b"one");
+    expect_echo(l3, b"three");
+    let mut v6 = TcpStream::connect(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, l2))).unwrap();
+    v6.write_all(b"v6").unwrap();
+    let mut buf = [0u8; 2];
+    v6.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"v6");
+    // The flags won over the variable: its listener was never bound.
+    assert_eq!(
+        TcpStream::connect((Ipv4Addr::LOCALHOST, from_env))
+            .map(drop)
+            .map_err(|e| e.kind()),
+        Err(ErrorKind::ConnectionRefused),
+        "{}",
+        proxy.log()
+    );
+    drop(proxy);
+
+    // Alone, the variables configure it (the separator too).
+    let mut command = Command::new(binary());
+    command
+        .env(
+            "SPAWNER_SIDECAR_PROXY_PROXY",
+            format!("127.0.0.1:{from_env}+127.0.0.1:{t2}"),
+        )
+        .env("SPAWNER_SIDECAR_PROXY_PROXY_SEP", "+");
+    let _proxy = Proxy::start_with(command, &[], 1);
+    expect_echo(from_env, b"env");
+    backend.kill().unwrap();
+    backend.wait().unwrap();
+}
+
+/// `--allow`: only the listed networks are served; others are closed at
+/// once, counted as denied, and wake nothing.
+#[test]
+fn only_allowed_networks_are_served() {
+    let (listen, target) = (free_port(), free_port());
+    let mut backend = echo_on(&[target]);
+    let pair = pair(listen, target);
+    let mut args = SERVE.to_vec();
+    args.extend(["-proxy", &pair, "--allow", "127.0.0.2/31"]);
+    let proxy = Proxy::start(&args, 1);
+    let to = SocketAddr::from((Ipv4Addr::LOCALHOST, listen));
+    for from in ["127.0.0.2", "127.0.0.3"] {
+        let mut allowed = connect_from(from.parse().unwrap(), to);
+        allowed.write_all(b"in").unwrap();
+        let mut buf = [0u8; 2];
+        allowed.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"in", "from {from}");
+    }
+    let mut outside = connect_from("127.0.0.1".parse().unwrap(), to);
+    outside
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = outside.read_to_end(&mut rest);
+    assert!(rest.is_empty());
+    let service = eventually(Duration::from_secs(5), || {
+        let service = proxy.service();
+        (service["connections_denied"] == 1)
+            .then(|| service.clone())
+            .ok_or(format!("{service}"))
+    });
+    assert_eq!(service["connections_forwarded"], 2, "{service}");
+    backend.kill().unwrap();
+    backend.wait().unwrap();
+}
+
+/// ynetd's YAML with several services: each gets its listeners, forwarding
+/// to its own target.
+#[test]
+fn a_yaml_file_with_several_services_serves_each() {
+    let (t1, t2) = (free_port(), free_port());
+    let mut backend = echo_on(&[t1, t2]);
+    let (l1, l2, l3) = (free_port(), free_port(), free_port());
+    let dir = scratch("yaml-several");
+    let file = dir.join("ynetd.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "services:\n  - proxy:\n      \"127.0.0.1:{l1}\": \"127.0.0.1:{t1}\"\n      \"127.0.0.1:{l2}\": \"127.0.0.1:{t1}\"\n  - proxy:\n      \"127.0.0.1:{l3}\": \"127.0.0.1:{t2}\"\n    timeout: 3s\n"
+        ),
+    )
+    .unwrap();
+    let mut args = SERVE.to_vec();
+    args.extend(["-config", file.to_str().unwrap()]);
+    let proxy = Proxy::start(&args, 3);
+    for port in [l1, l2, l3] {
+        expect_echo(port, b"each");
+    }
+    let (code, status) = http_get(proxy.serve_port(), "/");
+    assert_eq!(code, 200);
+    let services = status["services"].as_array().unwrap();
+    assert_eq!(services.len(), 2, "{status}");
+    let forwarded: Vec<&Value> = services
+        .iter()
+        .map(|s| &s["connections_forwarded"])
+        .collect();
+    assert_eq!(forwarded, [2, 1], "{status}");
+    backend.kill().unwrap();
+    backend.wait().unwrap();
+}
+
 /// A cold start lasts until the first byte is forwarded, not until the
 /// backend connection is made: a client that waits before it speaks makes
 /// a cold start as long as its wait.
