@@ -1350,26 +1350,28 @@ fn with_wake_on_data_a_probe_that_sends_nothing_wakes_nothing() {
 
 #[test]
 fn a_silent_client_does_not_delay_the_start_for_the_others() {
-    let dir = scratch("silent");
-    let log = dir.join("backend.log");
-    let (listen, target) = (free_port(), free_port());
-    let _proxy = Proxy::start(
-        &[
-            "-proxy",
-            &pair(listen, target),
-            BACKEND,
-            "--log",
-            log.to_str().unwrap(),
-            &target.to_string(),
-        ],
-        1,
-    );
-    let silent: Vec<TcpStream> = (0..5)
-        .map(|_| TcpStream::connect((Ipv4Addr::LOCALHOST, listen)).unwrap())
-        .collect();
-    expect_echo(listen, b"not behind the silent ones");
-    assert_eq!(starts(&log), 1);
-    drop(silent);
+    // Without wake-on-data the silent ones ask for the start themselves;
+    // with it they wait for a byte that never comes, while the speaking
+    // client's start goes ahead.
+    for wake_on_data in [false, true] {
+        let dir = scratch(&format!("silent-{wake_on_data}"));
+        let log = dir.join("backend.log");
+        let (listen, target) = (free_port(), free_port());
+        let pair = pair(listen, target);
+        let target_text = target.to_string();
+        let mut args = vec!["-proxy", &pair];
+        if wake_on_data {
+            args.push("--wake-on-data");
+        }
+        args.extend([BACKEND, "--log", log.to_str().unwrap(), &target_text]);
+        let _proxy = Proxy::start(&args, 1);
+        let silent: Vec<TcpStream> = (0..5)
+            .map(|_| TcpStream::connect((Ipv4Addr::LOCALHOST, listen)).unwrap())
+            .collect();
+        expect_echo(listen, b"not behind the silent ones");
+        assert_eq!(starts(&log), 1, "wake-on-data {wake_on_data}");
+        drop(silent);
+    }
 }
 
 #[test]
