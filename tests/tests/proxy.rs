@@ -549,6 +549,137 @@ fn a_service_that_ignores_the_stop_signal_is_killed_after_the_stop_timeout() {
     assert!(proxy.log().contains("signal: 9"), "{}", proxy.log());
 }
 
+/// A group whose leader obeys the stop signal while a member ignores it:
+/// `sh` starts the backend in the background, then becomes `sleep`.
+fn stubborn_member_script(log: &Path, target: u16) -> String {
+    format!(
+        "{BACKEND} --ignore-term --log {} {target} & exec sleep 1000",
+        log.display()
+    )
+}
+
+/// SIGKILLs, when dropped, a process the test started through the proxy,
+/// so that a failing test leaves nothing listening behind.
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on a pid this test read from its backend's log.
+        unsafe { libc::kill(self.0, libc::SIGKILL) };
+    }
+}
+
+/// Gone, or a zombie nobody reaped (it holds no port any more).
+fn is_gone(pid: i32) -> bool {
+    matches!(process_state(pid), '?' | 'Z')
+}
+
+fn backend_pid(log: &Path) -> i32 {
+    eventually(Duration::from_secs(5), || {
+        backend_log(log)
+            .iter()
+            .find_map(|l| l.strip_prefix("start ").and_then(|p| p.parse().ok()))
+            .ok_or("no start".to_string())
+    })
+}
+
+#[test]
+fn a_group_member_that_ignores_the_stop_signal_is_killed_after_the_stop_timeout() {
+    let dir = scratch("group-stop");
+    let log = dir.join("backend.log");
+    let (listen, target) = (free_port(), free_port());
+    let script = stubborn_member_script(&log, target);
+    let proxy = Proxy::start(
+        &[
+            "-proxy",
+            &pair(listen, target),
+            "-stop-after",
+            "200ms",
+            "--stop-timeout",
+            "1s",
+            "--",
+            "/bin/sh",
+            "-c",
+            &script,
+        ],
+        1,
+    );
+    expect_echo(listen, b"start it");
+    let member = backend_pid(&log);
+    let _reaper = KillOnDrop(member);
+    eventually(Duration::from_secs(10), || {
+        (proxy.count("idle: stopping") > 0)
+            .then_some(())
+            .ok_or(proxy.log())
+    });
+    eventually(Duration::from_secs(10), || {
+        is_gone(member).then_some(()).ok_or(format!(
+            "the member ignoring SIGTERM survived the stop; log:\n{}",
+            proxy.log()
+        ))
+    });
+    assert!(proxy.log().contains("SIGKILL"), "{}", proxy.log());
+    // Its port is free for the next start.
+    std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, target)).unwrap();
+}
+
+/// The process group of `pid`, from /proc/PID/stat.
+fn process_group(pid: i32) -> i32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let (_, rest) = stat.rsplit_once(") ").unwrap();
+    // state ppid pgrp ...
+    rest.split_whitespace().nth(2).unwrap().parse().unwrap()
+}
+
+#[test]
+fn what_is_left_of_a_crashed_group_is_stopped_before_the_next_start() {
+    let dir = scratch("group-crash");
+    let log = dir.join("backend.log");
+    let (listen, target) = (free_port(), free_port());
+    let script = stubborn_member_script(&log, target);
+    let proxy = Proxy::start(
+        &[
+            "-proxy",
+            &pair(listen, target),
+            "--stop-timeout",
+            "1s",
+            "--",
+            "/bin/sh",
+            "-c",
+            &script,
+        ],
+        1,
+    );
+    expect_echo(listen, b"first");
+    let member = backend_pid(&log);
+    let _reaper = KillOnDrop(member);
+    let leader = process_group(member);
+    assert_ne!(leader, member);
+    // SAFETY: SIGKILL to the group's leader (`sleep`) this test started
+    // through the proxy.
+    unsafe { libc::kill(leader, libc::SIGKILL) };
+    eventually(Duration::from_secs(5), || {
+        (proxy.count("exited: ") > 0)
+            .then_some(())
+            .ok_or(proxy.log())
+    });
+    eventually(Duration::from_secs(10), || {
+        is_gone(member).then_some(()).ok_or(format!(
+            "the member outlived its crashed leader; log:\n{}",
+            proxy.log()
+        ))
+    });
+    // The next start has the port to itself.
+    expect_echo(listen, b"second");
+    assert_eq!(starts(&log), 2, "{:?}", backend_log(&log));
+    let second = backend_log(&log)
+        .iter()
+        .filter_map(|l| l.strip_prefix("start ").and_then(|p| p.parse().ok()))
+        .nth(1)
+        .unwrap();
+    let _reaper2 = KillOnDrop(second);
+}
+
 #[test]
 fn a_crash_mid_stream_closes_the_client_and_the_next_connection_restarts_it() {
     let dir = scratch("crash");

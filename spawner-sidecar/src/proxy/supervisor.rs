@@ -133,6 +133,10 @@ pub async fn supervise(service: Arc<Service>, mut shutdown: watch::Receiver<bool
                     last: Some(start),
                     failures,
                 });
+                // Its clients are failed first; the next start waits.
+                process
+                    .stop_leftovers(service.spec.stop_signal, service.spec.stop_timeout)
+                    .await;
                 continue;
             }
         };
@@ -188,6 +192,9 @@ pub async fn supervise(service: Arc<Service>, mut shutdown: watch::Receiver<bool
                     last: Some(start),
                     failures,
                 });
+                process
+                    .stop_leftovers(service.spec.stop_signal, service.spec.stop_timeout)
+                    .await;
             }
             End::Idle => {
                 info!(service = name, start, stop_after = ?service.spec.stop_after, "idle: stopping");
