@@ -780,6 +780,48 @@ fn a_client_held_longer_than_the_timeout_is_closed() {
 }
 
 #[test]
+fn a_start_not_ready_within_the_timeout_is_stopped_and_counted_as_a_failure() {
+    let dir = scratch("never-ready");
+    let pids = dir.join("pids");
+    let (listen, target) = (free_port(), free_port());
+    let pair = pair(listen, target);
+    // Never opens the target; records its pid so the test sees it stopped.
+    let script = format!("echo $$ >> {}; exec sleep 1000", pids.display());
+    let mut args = SERVE.to_vec();
+    args.extend([
+        "-proxy", &pair, "-timeout", "500ms", "--", "/bin/sh", "-c", &script,
+    ]);
+    let proxy = Proxy::start(&args, 1);
+    let started = || -> Vec<i32> {
+        std::fs::read_to_string(&pids)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    };
+    for (round, state) in [(1, "stopped"), (2, "crashloop")] {
+        // Held until the timeout, then closed.
+        let _ = round_trip(listen, b"");
+        let service = expect_state(&proxy, state);
+        assert_eq!(service["failures_in_a_row"], round, "{service}");
+        assert_eq!(service["starts"], round, "{service}");
+        let pids = started();
+        assert_eq!(pids.len(), round, "{pids:?}");
+        for pid in pids {
+            let _reaper = KillOnDrop(pid);
+            eventually(Duration::from_secs(10), || {
+                is_gone(pid)
+                    .then_some(())
+                    .ok_or(format!("start {round} left running:\n{}", proxy.log()))
+            });
+        }
+    }
+    let log = proxy.log();
+    assert_eq!(proxy.count("not ready within"), 2, "{log}");
+    assert!(log.contains("backoff=200ms"), "{log}");
+}
+
+#[test]
 fn sigterm_lets_established_connections_finish_then_stops_the_service_and_exits_0() {
     let dir = scratch("sigterm");
     let log = dir.join("backend.log");
@@ -1540,6 +1582,36 @@ fn a_failing_start_command_closes_its_clients_promptly_and_backs_off() {
         "{log}"
     );
     assert!(log.contains("backoff=200ms"), "{log}");
+}
+
+#[test]
+fn a_start_command_whose_backend_never_opens_is_stopped_with_the_stop_command() {
+    let dir = scratch("never-opens");
+    let stops = dir.join("stops");
+    let (listen, target) = (free_port(), free_port());
+    let pair = pair(listen, target);
+    let stop = format!("echo stopped >> {}", stops.display());
+    let mut args = SERVE.to_vec();
+    args.extend([
+        "-proxy",
+        &pair,
+        "-timeout",
+        "500ms",
+        "--start-command",
+        "true",
+        "--stop-command",
+        &stop,
+    ]);
+    let proxy = Proxy::start(&args, 1);
+    let _ = round_trip(listen, b"");
+    let service = expect_state(&proxy, "stopped");
+    assert_eq!(service["failures_in_a_row"], 1, "{service}");
+    assert_eq!(
+        std::fs::read_to_string(&stops).unwrap_or_default(),
+        "stopped\n",
+        "{}",
+        proxy.log()
+    );
 }
 
 #[test]

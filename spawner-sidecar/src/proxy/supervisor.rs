@@ -42,6 +42,13 @@ fn describe(status: &std::io::Result<ExitStatus>) -> String {
     }
 }
 
+/// Why a start did not become ready.
+enum Unready {
+    Exited(std::io::Result<ExitStatus>),
+    /// Not ready within the service's `timeout`.
+    Late,
+}
+
 /// How a running service ended.
 enum End {
     Exited(std::io::Result<ExitStatus>),
@@ -110,13 +117,19 @@ pub async fn supervise(service: Arc<Service>, mut shutdown: watch::Receiver<bool
             Some(tracker) => tracker.listeners(name, target),
             None => Listening::Unknown,
         };
+        // Clients are held `timeout`: a start not ready by then serves none
+        // of them, and unbounded it would stay `starting` for good (a
+        // command that never listens; a start command whose backend never
+        // opens).
+        let ready_by = started + service.spec.timeout;
         let ready = tokio::select! {
-            noticed = async {
-                let noticed = ready::wait(&targets, service.spec.check_url.as_ref(), service.dial_local(), look).await;
+            ready = async {
+                let dialed = ready::wait(&targets, service.spec.check_url.as_ref(), service.dial_local(), look);
+                let noticed = tokio::time::timeout_at(ready_by, dialed).await.map_err(|_| Unready::Late)?;
                 tokio::time::sleep(service.spec.wait_after_start).await;
-                noticed
-            } => Ok(noticed),
-            status = process.wait() => Err(status),
+                Ok(noticed)
+            } => ready,
+            status = process.wait() => Err(Unready::Exited(status)),
             _ = shutdown.changed() => {
                 stop(&service, &mut process, start).await;
                 break;
@@ -124,19 +137,32 @@ pub async fn supervise(service: Arc<Service>, mut shutdown: watch::Receiver<bool
         };
         let noticed = match ready {
             Ok(noticed) => noticed,
-            Err(status) => {
+            Err(unready) => {
                 failures += 1;
                 retry_at = Instant::now() + backoff(failures);
-                warn!(service = name, start, failures, backoff = ?backoff(failures),
-                      "exited before it was ready: {}", describe(&status));
-                service.phase.send_replace(Phase::Stopped {
-                    last: Some(start),
-                    failures,
-                });
-                // Its clients are failed first; the next start waits.
-                process
-                    .stop_leftovers(service.spec.stop_signal, service.spec.stop_timeout)
-                    .await;
+                match unready {
+                    Unready::Exited(status) => {
+                        warn!(service = name, start, failures, backoff = ?backoff(failures),
+                              "exited before it was ready: {}", describe(&status));
+                        service.phase.send_replace(Phase::Stopped {
+                            last: Some(start),
+                            failures,
+                        });
+                        // Its clients are failed first; the next start waits.
+                        process
+                            .stop_leftovers(service.spec.stop_signal, service.spec.stop_timeout)
+                            .await;
+                    }
+                    Unready::Late => {
+                        warn!(service = name, start, failures, backoff = ?backoff(failures),
+                              timeout = ?service.spec.timeout, "not ready within the timeout: stopping it");
+                        stop(&service, &mut process, start).await;
+                        service.phase.send_replace(Phase::Stopped {
+                            last: Some(start),
+                            failures,
+                        });
+                    }
+                }
                 continue;
             }
         };
