@@ -1516,6 +1516,55 @@ fn with_idle_action_freeze_an_idle_service_is_frozen_and_the_next_client_thaws_i
 }
 
 #[test]
+fn a_keepalive_thaws_a_frozen_service_and_holds_it_up() {
+    let dir = scratch("freeze-keepalive");
+    let log = dir.join("backend.log");
+    let (listen, target) = (free_port(), free_port());
+    let pair = pair(listen, target);
+    let mut args = SERVE.to_vec();
+    let target_text = target.to_string();
+    args.extend([
+        "-proxy",
+        &pair,
+        "-stop-after",
+        "300ms",
+        "--idle-action",
+        "freeze",
+        BACKEND,
+        "--log",
+        log.to_str().unwrap(),
+        &target_text,
+    ]);
+    let proxy = Proxy::start(&args, 1);
+    expect_echo(listen, b"wake");
+    let pid = backend_pid(&log);
+    expect_state(&proxy, "frozen");
+    assert_eq!(process_state(pid), 'T', "not stopped by SIGSTOP");
+    let name = format!("port-{listen}");
+    let (code, body) = http_request(
+        proxy.serve_port(),
+        "POST",
+        &format!("/services/{name}/keepalive?for=3s"),
+    );
+    assert_eq!(code, 200, "{body}");
+    eventually(Duration::from_secs(5), || {
+        let state = proxy.service()["state"].clone();
+        (state == "running" && process_state(pid) != 'T')
+            .then_some(())
+            .ok_or(format!("still {state}, process {}", process_state(pid)))
+    });
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(
+        proxy.service()["state"],
+        "running",
+        "frozen again despite the keepalive"
+    );
+    expect_state(&proxy, "frozen");
+    assert_eq!(starts(&log), 1, "a thaw is not a start");
+    assert!(proxy.log().contains("for a keepalive"), "{}", proxy.log());
+}
+
+#[test]
 fn start_and_stop_commands_drive_a_backend_elsewhere() {
     let dir = scratch("hibergate");
     let log = dir.join("backend.log");

@@ -240,8 +240,11 @@ pub async fn supervise(service: Arc<Service>, mut shutdown: watch::Receiver<bool
     service.phase.send_replace(Phase::Closed);
 }
 
-/// Freezes the process group (SIGSTOP) until a client needs it, then thaws
-/// it (SIGCONT) and returns `None`; or how it ended meanwhile.
+/// Freezes the process group (SIGSTOP) until a client or a keepalive
+/// needs it, then thaws it (SIGCONT) and returns `None`; or how it ended
+/// meanwhile. A keepalive is for work that is not inbound traffic, which a
+/// frozen process cannot do; the idle timer then holds it up until the
+/// keepalive's end.
 async fn frozen(
     service: &Service,
     process: &mut Backend,
@@ -249,25 +252,38 @@ async fn frozen(
     start: u64,
 ) -> Option<End> {
     let name = service.spec.name.as_str();
+    // Subscribed before the SIGSTOP: a keepalive given meanwhile is seen.
+    let mut load = service.load.subscribe();
     process.signal(Signal::STOP);
     info!(service = name, start, stop_after = ?service.spec.stop_after, "idle: frozen (SIGSTOP)");
-    loop {
+    let why = loop {
+        let kept = load
+            .borrow_and_update()
+            .keep_until
+            .is_some_and(|until| until > Instant::now());
+        if kept {
+            break "a keepalive";
+        }
         tokio::select! {
             () = service.wake.notified() => {
                 if service.load.borrow().active == 0 {
                     continue;
                 }
                 service.begin_cold_start(Some(Instant::now()));
-                process.signal(Signal::CONT);
-                service.metrics.starts_thaw.inc();
-                service.phase.send_replace(Phase::Running { start });
-                info!(service = name, start, "thawed (SIGCONT) for a connection");
-                return None;
+                break "a connection";
             }
+            // Connections come and go, keepalives arrive: looked at above.
+            // The sender lives in `service`, so this never ends in an error.
+            _ = load.changed() => {}
             status = process.wait() => return Some(End::Exited(status)),
             _ = shutdown.changed() => return Some(End::Shutdown),
         }
-    }
+    };
+    process.signal(Signal::CONT);
+    service.metrics.starts_thaw.inc();
+    service.phase.send_replace(Phase::Running { start });
+    info!(service = name, start, "thawed (SIGCONT) for {why}");
+    None
 }
 
 async fn stop(service: &Service, process: &mut Backend, start: u64) {
