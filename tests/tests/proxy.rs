@@ -549,6 +549,137 @@ fn a_service_that_ignores_the_stop_signal_is_killed_after_the_stop_timeout() {
     assert!(proxy.log().contains("signal: 9"), "{}", proxy.log());
 }
 
+/// A group whose leader obeys the stop signal while a member ignores it:
+/// `sh` starts the backend in the background, then becomes `sleep`.
+fn stubborn_member_script(log: &Path, target: u16) -> String {
+    format!(
+        "{BACKEND} --ignore-term --log {} {target} & exec sleep 1000",
+        log.display()
+    )
+}
+
+/// SIGKILLs, when dropped, a process the test started through the proxy,
+/// so that a failing test leaves nothing listening behind.
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on a pid this test read from its backend's log.
+        unsafe { libc::kill(self.0, libc::SIGKILL) };
+    }
+}
+
+/// Gone, or a zombie nobody reaped (it holds no port any more).
+fn is_gone(pid: i32) -> bool {
+    matches!(process_state(pid), '?' | 'Z')
+}
+
+fn backend_pid(log: &Path) -> i32 {
+    eventually(Duration::from_secs(5), || {
+        backend_log(log)
+            .iter()
+            .find_map(|l| l.strip_prefix("start ").and_then(|p| p.parse().ok()))
+            .ok_or("no start".to_string())
+    })
+}
+
+#[test]
+fn a_group_member_that_ignores_the_stop_signal_is_killed_after_the_stop_timeout() {
+    let dir = scratch("group-stop");
+    let log = dir.join("backend.log");
+    let (listen, target) = (free_port(), free_port());
+    let script = stubborn_member_script(&log, target);
+    let proxy = Proxy::start(
+        &[
+            "-proxy",
+            &pair(listen, target),
+            "-stop-after",
+            "200ms",
+            "--stop-timeout",
+            "1s",
+            "--",
+            "/bin/sh",
+            "-c",
+            &script,
+        ],
+        1,
+    );
+    expect_echo(listen, b"start it");
+    let member = backend_pid(&log);
+    let _reaper = KillOnDrop(member);
+    eventually(Duration::from_secs(10), || {
+        (proxy.count("idle: stopping") > 0)
+            .then_some(())
+            .ok_or(proxy.log())
+    });
+    eventually(Duration::from_secs(10), || {
+        is_gone(member).then_some(()).ok_or(format!(
+            "the member ignoring SIGTERM survived the stop; log:\n{}",
+            proxy.log()
+        ))
+    });
+    assert!(proxy.log().contains("SIGKILL"), "{}", proxy.log());
+    // Its port is free for the next start.
+    std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, target)).unwrap();
+}
+
+/// The process group of `pid`, from /proc/PID/stat.
+fn process_group(pid: i32) -> i32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let (_, rest) = stat.rsplit_once(") ").unwrap();
+    // state ppid pgrp ...
+    rest.split_whitespace().nth(2).unwrap().parse().unwrap()
+}
+
+#[test]
+fn what_is_left_of_a_crashed_group_is_stopped_before_the_next_start() {
+    let dir = scratch("group-crash");
+    let log = dir.join("backend.log");
+    let (listen, target) = (free_port(), free_port());
+    let script = stubborn_member_script(&log, target);
+    let proxy = Proxy::start(
+        &[
+            "-proxy",
+            &pair(listen, target),
+            "--stop-timeout",
+            "1s",
+            "--",
+            "/bin/sh",
+            "-c",
+            &script,
+        ],
+        1,
+    );
+    expect_echo(listen, b"first");
+    let member = backend_pid(&log);
+    let _reaper = KillOnDrop(member);
+    let leader = process_group(member);
+    assert_ne!(leader, member);
+    // SAFETY: SIGKILL to the group's leader (`sleep`) this test started
+    // through the proxy.
+    unsafe { libc::kill(leader, libc::SIGKILL) };
+    eventually(Duration::from_secs(5), || {
+        (proxy.count("exited: ") > 0)
+            .then_some(())
+            .ok_or(proxy.log())
+    });
+    eventually(Duration::from_secs(10), || {
+        is_gone(member).then_some(()).ok_or(format!(
+            "the member outlived its crashed leader; log:\n{}",
+            proxy.log()
+        ))
+    });
+    // The next start has the port to itself.
+    expect_echo(listen, b"second");
+    assert_eq!(starts(&log), 2, "{:?}", backend_log(&log));
+    let second = backend_log(&log)
+        .iter()
+        .filter_map(|l| l.strip_prefix("start ").and_then(|p| p.parse().ok()))
+        .nth(1)
+        .unwrap();
+    let _reaper2 = KillOnDrop(second);
+}
+
 #[test]
 fn a_crash_mid_stream_closes_the_client_and_the_next_connection_restarts_it() {
     let dir = scratch("crash");
@@ -609,12 +740,18 @@ fn a_start_that_fails_at_once_closes_its_clients_promptly_and_backs_off() {
         );
         assert!(answer.map(|a| a.is_empty()).unwrap_or(true));
     }
+    // The last line may still be on its way from the proxy's stderr: it is
+    // written just before the client is closed.
+    eventually(Duration::from_secs(5), || {
+        (proxy.count("exited before it was ready") == 3)
+            .then_some(())
+            .ok_or(proxy.log())
+    });
     let log = proxy.log();
     assert!(
         log.contains("backoff=100ms") && log.contains("backoff=200ms"),
         "{log}"
     );
-    assert_eq!(proxy.count("exited before it was ready"), 3, "{log}");
 }
 
 #[test]
@@ -646,6 +783,48 @@ fn a_client_held_longer_than_the_timeout_is_closed() {
             .then_some(())
             .ok_or(proxy.log())
     });
+}
+
+#[test]
+fn a_start_not_ready_within_the_timeout_is_stopped_and_counted_as_a_failure() {
+    let dir = scratch("never-ready");
+    let pids = dir.join("pids");
+    let (listen, target) = (free_port(), free_port());
+    let pair = pair(listen, target);
+    // Never opens the target; records its pid so the test sees it stopped.
+    let script = format!("echo $$ >> {}; exec sleep 1000", pids.display());
+    let mut args = SERVE.to_vec();
+    args.extend([
+        "-proxy", &pair, "-timeout", "500ms", "--", "/bin/sh", "-c", &script,
+    ]);
+    let proxy = Proxy::start(&args, 1);
+    let started = || -> Vec<i32> {
+        std::fs::read_to_string(&pids)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    };
+    for (round, state) in [(1, "stopped"), (2, "crashloop")] {
+        // Held until the timeout, then closed.
+        let _ = round_trip(listen, b"");
+        let service = expect_state(&proxy, state);
+        assert_eq!(service["failures_in_a_row"], round, "{service}");
+        assert_eq!(service["starts"], round, "{service}");
+        let pids = started();
+        assert_eq!(pids.len(), round, "{pids:?}");
+        for pid in pids {
+            let _reaper = KillOnDrop(pid);
+            eventually(Duration::from_secs(10), || {
+                is_gone(pid)
+                    .then_some(())
+                    .ok_or(format!("start {round} left running:\n{}", proxy.log()))
+            });
+        }
+    }
+    let log = proxy.log();
+    assert_eq!(proxy.count("not ready within"), 2, "{log}");
+    assert!(log.contains("backoff=200ms"), "{log}");
 }
 
 #[test]
@@ -1508,6 +1687,55 @@ fn with_idle_action_freeze_an_idle_service_is_frozen_and_the_next_client_thaws_i
 }
 
 #[test]
+fn a_keepalive_thaws_a_frozen_service_and_holds_it_up() {
+    let dir = scratch("freeze-keepalive");
+    let log = dir.join("backend.log");
+    let (listen, target) = (free_port(), free_port());
+    let pair = pair(listen, target);
+    let mut args = SERVE.to_vec();
+    let target_text = target.to_string();
+    args.extend([
+        "-proxy",
+        &pair,
+        "-stop-after",
+        "300ms",
+        "--idle-action",
+        "freeze",
+        BACKEND,
+        "--log",
+        log.to_str().unwrap(),
+        &target_text,
+    ]);
+    let proxy = Proxy::start(&args, 1);
+    expect_echo(listen, b"wake");
+    let pid = backend_pid(&log);
+    expect_state(&proxy, "frozen");
+    assert_eq!(process_state(pid), 'T', "not stopped by SIGSTOP");
+    let name = format!("port-{listen}");
+    let (code, body) = http_request(
+        proxy.serve_port(),
+        "POST",
+        &format!("/services/{name}/keepalive?for=3s"),
+    );
+    assert_eq!(code, 200, "{body}");
+    eventually(Duration::from_secs(5), || {
+        let state = proxy.service()["state"].clone();
+        (state == "running" && process_state(pid) != 'T')
+            .then_some(())
+            .ok_or(format!("still {state}, process {}", process_state(pid)))
+    });
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(
+        proxy.service()["state"],
+        "running",
+        "frozen again despite the keepalive"
+    );
+    expect_state(&proxy, "frozen");
+    assert_eq!(starts(&log), 1, "a thaw is not a start");
+    assert!(proxy.log().contains("for a keepalive"), "{}", proxy.log());
+}
+
+#[test]
 fn start_and_stop_commands_drive_a_backend_elsewhere() {
     let dir = scratch("hibergate");
     let log = dir.join("backend.log");
@@ -1574,6 +1802,36 @@ fn a_failing_start_command_closes_its_clients_promptly_and_backs_off() {
         "{log}"
     );
     assert!(log.contains("backoff=200ms"), "{log}");
+}
+
+#[test]
+fn a_start_command_whose_backend_never_opens_is_stopped_with_the_stop_command() {
+    let dir = scratch("never-opens");
+    let stops = dir.join("stops");
+    let (listen, target) = (free_port(), free_port());
+    let pair = pair(listen, target);
+    let stop = format!("echo stopped >> {}", stops.display());
+    let mut args = SERVE.to_vec();
+    args.extend([
+        "-proxy",
+        &pair,
+        "-timeout",
+        "500ms",
+        "--start-command",
+        "true",
+        "--stop-command",
+        &stop,
+    ]);
+    let proxy = Proxy::start(&args, 1);
+    let _ = round_trip(listen, b"");
+    let service = expect_state(&proxy, "stopped");
+    assert_eq!(service["failures_in_a_row"], 1, "{service}");
+    assert_eq!(
+        std::fs::read_to_string(&stops).unwrap_or_default(),
+        "stopped\n",
+        "{}",
+        proxy.log()
+    );
 }
 
 #[test]

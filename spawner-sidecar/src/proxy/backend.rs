@@ -84,7 +84,20 @@ impl Backend {
         }
     }
 
-    /// Stops it: the signal then SIGKILL, or the `stop` hook (bounded by
+    /// After the process exited unasked: stops what is left of its group
+    /// (a background job of a wrapper script), which may hold the port the
+    /// next start needs. Nothing to do for a remote backend.
+    pub async fn stop_leftovers(&mut self, signal: Signal, timeout: Duration) {
+        if let Self::Process(child) = self
+            && child.has_leftovers()
+        {
+            warn!(pid = ?child.pid(), %signal, "the service's leader exited, members of its group did not: stopping them");
+            child.stop(signal, timeout).await;
+        }
+    }
+
+    /// Stops it: the signal to its process group, then SIGKILL to what is
+    /// left of the group after `timeout`; or the `stop` hook (bounded by
     /// `timeout`). Says how it went, for the log.
     pub async fn stop(&mut self, signal: Signal, timeout: Duration) -> String {
         match self {

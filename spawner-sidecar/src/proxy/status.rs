@@ -107,7 +107,8 @@ struct KeepaliveQuery {
 
 /// `POST /services/NAME/keepalive?for=DURATION`: no idle stop for that
 /// long (work that is not inbound traffic). It does not start a stopped
-/// service. Answers the service's status.
+/// service; a frozen one is thawed (by its supervisor, which follows the
+/// load). Answers the service's status.
 async fn keepalive(
     State(page): State<Arc<Page>>,
     Path(name): Path<String>,

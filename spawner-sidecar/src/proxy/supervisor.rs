@@ -42,6 +42,13 @@ fn describe(status: &std::io::Result<ExitStatus>) -> String {
     }
 }
 
+/// Why a start did not become ready.
+enum Unready {
+    Exited(std::io::Result<ExitStatus>),
+    /// Not ready within the service's `timeout`.
+    Late,
+}
+
 /// How a running service ended.
 enum End {
     Exited(std::io::Result<ExitStatus>),
@@ -110,13 +117,19 @@ pub async fn supervise(service: Arc<Service>, mut shutdown: watch::Receiver<bool
             Some(tracker) => tracker.listeners(name, target),
             None => Listening::Unknown,
         };
+        // Clients are held `timeout`: a start not ready by then serves none
+        // of them, and unbounded it would stay `starting` for good (a
+        // command that never listens; a start command whose backend never
+        // opens).
+        let ready_by = started + service.spec.timeout;
         let ready = tokio::select! {
-            noticed = async {
-                let noticed = ready::wait(&targets, service.spec.check_url.as_ref(), service.dial_local(), look).await;
+            ready = async {
+                let dialed = ready::wait(&targets, service.spec.check_url.as_ref(), service.dial_local(), look);
+                let noticed = tokio::time::timeout_at(ready_by, dialed).await.map_err(|_| Unready::Late)?;
                 tokio::time::sleep(service.spec.wait_after_start).await;
-                noticed
-            } => Ok(noticed),
-            status = process.wait() => Err(status),
+                Ok(noticed)
+            } => ready,
+            status = process.wait() => Err(Unready::Exited(status)),
             _ = shutdown.changed() => {
                 stop(&service, &mut process, start).await;
                 break;
@@ -124,15 +137,32 @@ pub async fn supervise(service: Arc<Service>, mut shutdown: watch::Receiver<bool
         };
         let noticed = match ready {
             Ok(noticed) => noticed,
-            Err(status) => {
+            Err(unready) => {
                 failures += 1;
                 retry_at = Instant::now() + backoff(failures);
-                warn!(service = name, start, failures, backoff = ?backoff(failures),
-                      "exited before it was ready: {}", describe(&status));
-                service.phase.send_replace(Phase::Stopped {
-                    last: Some(start),
-                    failures,
-                });
+                match unready {
+                    Unready::Exited(status) => {
+                        warn!(service = name, start, failures, backoff = ?backoff(failures),
+                              "exited before it was ready: {}", describe(&status));
+                        service.phase.send_replace(Phase::Stopped {
+                            last: Some(start),
+                            failures,
+                        });
+                        // Its clients are failed first; the next start waits.
+                        process
+                            .stop_leftovers(service.spec.stop_signal, service.spec.stop_timeout)
+                            .await;
+                    }
+                    Unready::Late => {
+                        warn!(service = name, start, failures, backoff = ?backoff(failures),
+                              timeout = ?service.spec.timeout, "not ready within the timeout: stopping it");
+                        stop(&service, &mut process, start).await;
+                        service.phase.send_replace(Phase::Stopped {
+                            last: Some(start),
+                            failures,
+                        });
+                    }
+                }
                 continue;
             }
         };
@@ -188,6 +218,9 @@ pub async fn supervise(service: Arc<Service>, mut shutdown: watch::Receiver<bool
                     last: Some(start),
                     failures,
                 });
+                process
+                    .stop_leftovers(service.spec.stop_signal, service.spec.stop_timeout)
+                    .await;
             }
             End::Idle => {
                 info!(service = name, start, stop_after = ?service.spec.stop_after, "idle: stopping");
@@ -207,8 +240,11 @@ pub async fn supervise(service: Arc<Service>, mut shutdown: watch::Receiver<bool
     service.phase.send_replace(Phase::Closed);
 }
 
-/// Freezes the process group (SIGSTOP) until a client needs it, then thaws
-/// it (SIGCONT) and returns `None`; or how it ended meanwhile.
+/// Freezes the process group (SIGSTOP) until a client or a keepalive
+/// needs it, then thaws it (SIGCONT) and returns `None`; or how it ended
+/// meanwhile. A keepalive is for work that is not inbound traffic, which a
+/// frozen process cannot do; the idle timer then holds it up until the
+/// keepalive's end.
 async fn frozen(
     service: &Service,
     process: &mut Backend,
@@ -216,25 +252,38 @@ async fn frozen(
     start: u64,
 ) -> Option<End> {
     let name = service.spec.name.as_str();
+    // Subscribed before the SIGSTOP: a keepalive given meanwhile is seen.
+    let mut load = service.load.subscribe();
     process.signal(Signal::STOP);
     info!(service = name, start, stop_after = ?service.spec.stop_after, "idle: frozen (SIGSTOP)");
-    loop {
+    let why = loop {
+        let kept = load
+            .borrow_and_update()
+            .keep_until
+            .is_some_and(|until| until > Instant::now());
+        if kept {
+            break "a keepalive";
+        }
         tokio::select! {
             () = service.wake.notified() => {
                 if service.load.borrow().active == 0 {
                     continue;
                 }
                 service.begin_cold_start(Some(Instant::now()));
-                process.signal(Signal::CONT);
-                service.metrics.starts_thaw.inc();
-                service.phase.send_replace(Phase::Running { start });
-                info!(service = name, start, "thawed (SIGCONT) for a connection");
-                return None;
+                break "a connection";
             }
+            // Connections come and go, keepalives arrive: looked at above.
+            // The sender lives in `service`, so this never ends in an error.
+            _ = load.changed() => {}
             status = process.wait() => return Some(End::Exited(status)),
             _ = shutdown.changed() => return Some(End::Shutdown),
         }
-    }
+    };
+    process.signal(Signal::CONT);
+    service.metrics.starts_thaw.inc();
+    service.phase.send_replace(Phase::Running { start });
+    info!(service = name, start, "thawed (SIGCONT) for {why}");
+    None
 }
 
 async fn stop(service: &Service, process: &mut Backend, start: u64) {
