@@ -757,32 +757,54 @@ fn a_start_that_fails_at_once_closes_its_clients_promptly_and_backs_off() {
 #[test]
 fn a_client_held_longer_than_the_timeout_is_closed() {
     let (listen, target) = (free_port(), free_port());
-    // `sleep` never opens the target port.
-    let proxy = Proxy::start(
-        &[
-            "-proxy",
-            &pair(listen, target),
-            "-timeout",
-            "300ms",
-            "sleep",
-            "60",
-        ],
-        1,
-    );
-    // A client that sends nothing (one that sent data would get a reset:
-    // the kernel's answer to closing a socket with unread bytes).
+    // `sleep` never opens the target port. A start not ready within the
+    // timeout is stopped too (the next test); with wake-on-data the start
+    // begins only with the client's byte, 200 ms after its hold began, so
+    // the client's timeout comes first.
+    let pair = pair(listen, target);
+    let mut args = SERVE.to_vec();
+    args.extend([
+        "-proxy",
+        &pair,
+        "-timeout",
+        "400ms",
+        "--wake-on-data",
+        "sleep",
+        "60",
+    ]);
+    let proxy = Proxy::start(&args, 1);
     let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, listen)).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    stream.write_all(b"x").unwrap();
+    // Closed with the byte unread: the kernel answers with a reset.
     let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).unwrap();
-    assert!(answer.is_empty());
+    match stream.read_to_end(&mut answer) {
+        Ok(_) => assert!(answer.is_empty()),
+        Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionReset),
+    }
     eventually(Duration::from_secs(5), || {
         (proxy.count("held longer than the timeout") == 1)
             .then_some(())
             .ok_or(proxy.log())
     });
+    let service = proxy.service();
+    assert_eq!(service["connections_timed_out"], 1, "{service}");
+    let (code, _, text) = http_get_with(proxy.serve_port(), "/metrics", &[]);
+    assert_eq!(code, 200);
+    let name = format!("port-{listen}");
+    let labels = [("service", name.as_str()), ("outcome", "timed_out")];
+    assert_eq!(
+        sample(
+            &parse_metrics(&text, false),
+            "spawner_sidecar_proxy_connections_total",
+            &labels
+        ),
+        Some(1.0),
+        "{text}"
+    );
 }
 
 #[test]
@@ -1421,7 +1443,7 @@ fn a_cold_start_ends_with_the_first_forwarded_byte() {
 }
 
 #[test]
-fn repeated_failed_starts_show_as_a_crash_loop_and_timeouts_are_counted() {
+fn repeated_failed_starts_show_as_a_crash_loop() {
     let (listen, target) = (free_port(), free_port());
     let pair = pair(listen, target);
     let mut args = SERVE.to_vec();
