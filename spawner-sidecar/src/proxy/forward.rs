@@ -1,7 +1,7 @@
 //! Forwarding one client to one backend connection, both ways.
 //!
 //! Each direction waits until its socket is readable, then reads into a
-//! 64 KiB buffer owned by the worker thread and writes what it read; only
+//! 256 KiB buffer owned by the worker thread and writes what it read; only
 //! bytes the other side cannot take yet are copied to the heap until it
 //! can. An idle connection therefore holds no buffer at all. Measured
 //! (`cargo xtask bench --only proxy`, docs/proxy.md): tokio's
@@ -54,8 +54,11 @@ pub fn reset(stream: &TcpStream) {
     let _ = SockRef::from(stream).set_linger(Some(Duration::ZERO));
 }
 
-/// Read size: large enough that a bulk flow costs few system calls.
-const CHUNK: usize = 64 * 1024;
+/// Read size: large enough that a bulk flow costs few system calls. One
+/// per worker thread, so the size costs nothing per connection: 256 KiB
+/// moved a single flow at 1 882 MB/s against 1 337 with 64 KiB in the same
+/// run (systemd-socket-proxyd, which splices: 1 671), docs/proxy.md.
+const CHUNK: usize = 256 * 1024;
 
 thread_local! {
     /// One read buffer per worker thread, borrowed only between two awaits.
