@@ -92,7 +92,11 @@ pub struct Plan {
     /// Slow sources at many sockets get fewer requests: at most this long
     /// per source and request style.
     answer_budget: Duration,
+    /// The idle window of the polling sources (every tick is a full walk).
     idle_seconds: u64,
+    /// The eBPF source's: long enough to hold its once-a-minute snapshot,
+    /// its largest idle cost, so the figure is the steady one.
+    ebpf_idle_seconds: u64,
     rounds: usize,
     loop_seconds: f64,
     trackers: usize,
@@ -123,6 +127,7 @@ impl Plan {
                 requests: 100,
                 answer_budget: Duration::from_secs(2),
                 idle_seconds: 2,
+                ebpf_idle_seconds: 2,
                 rounds: 3,
                 loop_seconds: 0.5,
                 trackers: 10,
@@ -149,6 +154,7 @@ impl Plan {
                 requests: 1_000,
                 answer_budget: Duration::from_secs(30),
                 idle_seconds: 10,
+                ebpf_idle_seconds: 61,
                 rounds: 5,
                 loop_seconds: 3.0,
                 trackers: 10,
