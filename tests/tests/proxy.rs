@@ -1799,6 +1799,144 @@ fn start_and_stop_commands_drive_a_backend_elsewhere() {
     assert_eq!(starts(&log), 2);
 }
 
+/// Waits until `port` refuses connections. Not until the backend's pid is
+/// gone: a killed process's leader shows as a zombie while its other
+/// threads still hold its sockets, and a client dialed then would be reset
+/// by the dying backend, as by any crash mid-accept.
+fn refuses(port: u16) {
+    eventually(Duration::from_secs(5), || {
+        match TcpStream::connect((Ipv4Addr::LOCALHOST, port)) {
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+}
+
+/// The pids the backend's log says were started, in order.
+fn started_pids(log: &Path) -> Vec<i32> {
+    backend_log(log)
+        .iter()
+        .filter_map(|l| l.strip_prefix("start ").and_then(|p| p.parse().ok()))
+        .collect()
+}
+
+#[test]
+fn a_backend_elsewhere_that_goes_away_is_started_again_for_the_next_client() {
+    let dir = scratch("gone");
+    let log = dir.join("backend.log");
+    let (listen, target) = (free_port(), free_port());
+    let pair = pair(listen, target);
+    let start = format!(
+        "{BACKEND} --log {} {target} >/dev/null 2>&1 &",
+        log.display()
+    );
+    // The backend is already gone when the proxy stops it: that is no
+    // failure of the stop command.
+    let stop = format!(
+        "kill $(sed -n 's/^start //p' {} | tail -n 1) 2>/dev/null; true",
+        log.display()
+    );
+    let mut args = SERVE.to_vec();
+    // A timeout the client must not sit out.
+    args.extend([
+        "-proxy",
+        &pair,
+        "-timeout",
+        "60s",
+        "--start-command",
+        &start,
+        "--stop-command",
+        &stop,
+    ]);
+    let proxy = Proxy::start(&args, 1);
+    expect_echo(listen, b"first");
+    let first = backend_pid(&log);
+    let _reaper = KillOnDrop(first);
+    // Gone behind the proxy's back (scaled down by someone else, crashed):
+    // no process of the proxy's own exits.
+    // SAFETY: SIGKILL to the backend this test started through the proxy.
+    unsafe { libc::kill(first, libc::SIGKILL) };
+    refuses(target);
+    let began = Instant::now();
+    let answer = round_trip(listen, b"second");
+    let took = began.elapsed();
+    let _reaper2 = started_pids(&log).get(1).map(|&pid| KillOnDrop(pid));
+    assert_eq!(
+        answer.as_deref().ok(),
+        Some(&b"second<eof>"[..]),
+        "{answer:?} after {took:?}; log:\n{}",
+        proxy.log()
+    );
+    // Served by a new start, not held to the 60 s timeout.
+    assert!(took < Duration::from_secs(30), "{took:?}");
+    assert_eq!(starts(&log), 2, "{:?}", backend_log(&log));
+    let text = proxy.log();
+    assert!(
+        text.contains("the target refuses connections: the backend is gone"),
+        "{text}"
+    );
+    assert!(text.contains("failures=1"), "{text}");
+    let service = expect_state(&proxy, "running");
+    assert_eq!(service["starts"], 2, "{service}");
+}
+
+#[test]
+fn a_process_that_closes_its_port_while_alive_is_stopped_and_started_again() {
+    let dir = scratch("closed-port");
+    let log = dir.join("backend.log");
+    let (listen, target) = (free_port(), free_port());
+    // The group's leader (`sleep`) lives on when the member that holds the
+    // port dies: the process is alive, its port is closed.
+    let script = format!(
+        "{BACKEND} --log {} {target} & exec sleep 1000",
+        log.display()
+    );
+    let pair = pair(listen, target);
+    let mut args = SERVE.to_vec();
+    args.extend([
+        "-proxy",
+        &pair,
+        "-timeout",
+        "60s",
+        "--stop-timeout",
+        "1s",
+        "--",
+        "/bin/sh",
+        "-c",
+        &script,
+    ]);
+    let proxy = Proxy::start(&args, 1);
+    expect_echo(listen, b"first");
+    let member = backend_pid(&log);
+    let _reaper = KillOnDrop(member);
+    let leader = process_group(member);
+    let _leader_reaper = KillOnDrop(leader);
+    // SAFETY: SIGKILL to the backend this test started through the proxy.
+    unsafe { libc::kill(member, libc::SIGKILL) };
+    refuses(target);
+    let began = Instant::now();
+    let answer = round_trip(listen, b"second");
+    let took = began.elapsed();
+    let _reaper2 = started_pids(&log).get(1).map(|&pid| KillOnDrop(pid));
+    assert_eq!(
+        answer.as_deref().ok(),
+        Some(&b"second<eof>"[..]),
+        "{answer:?} after {took:?}; log:\n{}",
+        proxy.log()
+    );
+    assert!(took < Duration::from_secs(30), "{took:?}");
+    assert_eq!(starts(&log), 2, "{:?}", backend_log(&log));
+    // The old process was stopped, not left beside the new one.
+    eventually(Duration::from_secs(10), || {
+        is_gone(leader).then_some(()).ok_or(proxy.log())
+    });
+    let text = proxy.log();
+    assert!(
+        text.contains("the target refuses connections while the process runs"),
+        "{text}"
+    );
+}
+
 #[test]
 fn a_failing_start_command_closes_its_clients_promptly_and_backs_off() {
     let (listen, target) = (free_port(), free_port());

@@ -75,8 +75,14 @@ impl Backend {
         }
     }
 
-    /// Resolves when the process exits; never for a remote backend (its
-    /// failures show as refused dials).
+    /// A backend elsewhere, started by a `start` command.
+    pub fn is_remote(&self) -> bool {
+        matches!(self, Self::Remote { .. })
+    }
+
+    /// Resolves when the process exits; never for a remote backend (the
+    /// supervisor learns it is gone from a connection whose target keeps
+    /// refusing).
     pub async fn wait(&mut self) -> std::io::Result<ExitStatus> {
         match self {
             Self::Process(child) => child.wait().await,

@@ -153,30 +153,48 @@ async fn serve(service: &Arc<Service>, target: &Target, client: TcpStream, peer:
     }
 }
 
+/// How long a `host:port` target of a running start may refuse one
+/// client's dials before the backend counts as gone. Readiness saw that
+/// address accept during this start, so a refusal now means it closed;
+/// the grace (about fifteen dials of readiness's backoff) covers a port
+/// closed and opened again at once (a listener being replaced), not a
+/// backend that went away.
+pub const GONE_AFTER: Duration = Duration::from_millis(500);
+
 /// Holds until the service is ready, then connects to the target. A
 /// service with a command may still be opening this port (readiness cannot
-/// probe an `exec:` target, and a service may open its ports one by one),
-/// so a refused dial is retried with readiness's backoff while the same
-/// start runs; if that start dies meanwhile, the client waits for the
-/// next. A plain forwarder's backend is not ours to wait for: one attempt.
+/// probe an `exec:` target), so a refused dial is retried with readiness's
+/// backoff while the same start runs; if that start ends meanwhile, the
+/// client waits for the next. A `host:port` target that keeps refusing for
+/// [`GONE_AFTER`] is reported to the supervisor, which ends that start (a
+/// backend elsewhere has no process whose exit would tell). A plain
+/// forwarder's backend is not ours to wait for: one attempt.
 async fn reach(
     service: &Service,
     target: &Target,
     client: &TcpStream,
     peer: SocketAddr,
 ) -> Result<TcpStream, Dropped> {
+    // An `exec:` program may name a port the service opens later than
+    // readiness looked: its refusals are waited out as before.
+    let proven = matches!(target, Target::Host { .. });
     loop {
         let start = service.wait_ready().await.map_err(Dropped::NotReady)?;
         let address = resolve(target, client, peer)
             .await
             .map_err(Dropped::Resolve)?;
         let mut pause = ready::FIRST_RETRY;
+        let mut refused_since = None;
         loop {
             match dial::connect(&address, service.dial_local()).await {
                 Ok(backend) => return Ok(backend),
                 Err(e) if start.is_some() && e.kind() == ErrorKind::ConnectionRefused => {
-                    if !start.is_some_and(|s| service.is_running(s)) {
+                    let Some(start) = start.filter(|&s| service.is_running(s)) else {
                         break;
+                    };
+                    let since = *refused_since.get_or_insert_with(Instant::now);
+                    if proven && since.elapsed() >= GONE_AFTER {
+                        service.report_refused(start, &address);
                     }
                     tokio::time::sleep(pause).await;
                     pause = ready::next_pause(pause);

@@ -1,7 +1,8 @@
 //! One service's shared state: its phase (published to every held client),
 //! its load (connections held or forwarded, on all its listeners), and its
 //! counters. The supervisor ([`super::supervisor`]) is the only writer of
-//! the phase; connections only enter, leave and ask for a start.
+//! the phase; connections only enter, leave, ask for a start and report a
+//! running start whose target refuses them.
 use std::{
     sync::{
         Arc, Mutex,
@@ -91,9 +92,21 @@ pub enum NotReady {
     Closed,
 }
 
+/// A connection's report: the target of running start `start` kept
+/// refusing it (see [`Service::report_refused`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub start: u64,
+    /// The `host:port` that refused, for the log.
+    pub target: String,
+}
+
 pub struct Service {
     pub spec: ServiceSpec,
     pub phase: watch::Sender<Phase>,
+    /// The last [`Refused`] report; the supervisor acts on one for the
+    /// start it runs and ignores older ones.
+    pub refused: watch::Sender<Option<Refused>>,
     pub load: watch::Sender<Load>,
     /// A held client asks for a start; the supervisor checks the load, so a
     /// stale permit never starts an unwanted process.
@@ -128,6 +141,7 @@ impl Service {
         Arc::new(Self {
             spec,
             phase: watch::Sender::new(phase),
+            refused: watch::Sender::new(None),
             load: watch::Sender::new(Load {
                 active: 0,
                 idle_since: Some(Instant::now()),
@@ -221,6 +235,22 @@ impl Service {
     /// Whether start number `start` is still the running one.
     pub fn is_running(&self, start: u64) -> bool {
         *self.phase.borrow() == Phase::Running { start }
+    }
+
+    /// Tells the supervisor that the target of running start `start` has
+    /// refused dials for [`super::connection::GONE_AFTER`]: the backend is
+    /// gone. Said once per start; the supervisor decides.
+    pub fn report_refused(&self, start: u64, target: &str) {
+        self.refused.send_if_modified(|last| {
+            if last.as_ref().is_some_and(|r| r.start >= start) {
+                return false;
+            }
+            *last = Some(Refused {
+                start,
+                target: target.to_string(),
+            });
+            true
+        });
     }
 
     /// A start asked for by a client at `requested`: a cold start to time.

@@ -1,6 +1,7 @@
 //! The one task per service that starts, watches and stops its process:
 //! stopped -> starting -> running -> stopping -> stopped, with crashes
-//! (an exit nobody asked for) backing off before the next start.
+//! (an exit nobody asked for, or a running start's target that a
+//! connection reports refusing) backing off before the next start.
 //!
 //! Starts happen only here, so however many clients ask, one process runs.
 //! Decisions that need no clock or process (the backoff) are pure functions
@@ -13,8 +14,9 @@ use tracing::{info, warn};
 use super::{
     address::Target,
     backend::Backend,
+    connection::GONE_AFTER,
     ready,
-    service::{Phase, Service},
+    service::{Phase, Refused, Service},
     signal::Signal,
     spec::IdleAction,
     tracker::Listening,
@@ -52,6 +54,9 @@ enum Unready {
 /// How a running service ended.
 enum End {
     Exited(std::io::Result<ExitStatus>),
+    /// A connection found its target refusing for
+    /// [`super::connection::GONE_AFTER`]; the `host:port`.
+    Refused(String),
     Idle,
     Shutdown,
 }
@@ -176,6 +181,7 @@ pub async fn supervise(service: Arc<Service>, mut shutdown: watch::Receiver<bool
         let end = loop {
             let end = tokio::select! {
                 status = process.wait() => End::Exited(status),
+                target = refused(&service, start) => End::Refused(target),
                 () = idle(&service, ran_at) => End::Idle,
                 _ = shutdown.changed() => End::Shutdown,
             };
@@ -221,6 +227,31 @@ pub async fn supervise(service: Arc<Service>, mut shutdown: watch::Receiver<bool
                 process
                     .stop_leftovers(service.spec.stop_signal, service.spec.stop_timeout)
                     .await;
+            }
+            End::Refused(target) => {
+                // As a crash: the start has ended, whether or not a process
+                // of ours still runs. A backend elsewhere has no exit to
+                // notice; a process that closed its port serves nobody and
+                // would hold every client until the timeout. Stopped (the
+                // stop signal to its group, or the stop command) so the next
+                // start does not meet what is left of it.
+                if ran_at.elapsed() >= STABLE_AFTER {
+                    failures = 0;
+                }
+                failures += 1;
+                retry_at = Instant::now() + backoff(failures);
+                let why = if process.is_remote() {
+                    "the target refuses connections: the backend is gone"
+                } else {
+                    "the target refuses connections while the process runs: stopping it"
+                };
+                warn!(service = name, start, failures, backoff = ?backoff(failures),
+                      target, refused_for = ?GONE_AFTER, "{why}");
+                stop(&service, &mut process, start).await;
+                service.phase.send_replace(Phase::Stopped {
+                    last: Some(start),
+                    failures,
+                });
             }
             End::Idle => {
                 info!(service = name, start, stop_after = ?service.spec.stop_after, "idle: stopping");
@@ -284,6 +315,22 @@ async fn frozen(
     service.phase.send_replace(Phase::Running { start });
     info!(service = name, start, "thawed (SIGCONT) for {why}");
     None
+}
+
+/// Resolves with the target when a connection reports that running start
+/// `start`'s target keeps refusing (a report for an older start is stale).
+async fn refused(service: &Service, start: u64) -> String {
+    let mut reports = service.refused.subscribe();
+    let report = reports
+        .wait_for(|r| r.as_ref().is_some_and(|r| r.start == start))
+        .await
+        .ok()
+        .and_then(|r| r.as_ref().map(|r: &Refused| r.target.clone()));
+    match report {
+        Some(target) => target,
+        // The sender lives in `service`: not reached.
+        None => std::future::pending().await,
+    }
 }
 
 async fn stop(service: &Service, process: &mut Backend, start: u64) {
