@@ -645,5 +645,40 @@ pub fn report(out: &mut String, b: &ProxyBench) -> fmt::Result {
     writeln!(
         out,
         "\nsystemd-socket-proxyd closes both directions when the client half-closes (a FIN from the client ends the connection before the answer comes back); our proxy passes the FIN on and keeps the other direction open (black-box test `half_close_goes_through_and_the_other_direction_stays_open`). The throughput flow therefore announces its length instead of ending with a FIN.\n\nIdle connections: as many as the descriptor limit allows up to 10 000 (each takes two descriptors in the proxy; these machines allow 20 000, so 9 900). Round trips: a proxy adds to each round trip two loopback TCP hops and two wake-ups of its own (one per direction), which is what the direct round trip itself is made of; the minimal epoll proxy's row is what that costs on this machine with nothing else done, the floor for any proxy in user space. Cold start: the backend (`echo-backend`, a test program) opens its port 200 ms after it starts and writes CLOCK_MONOTONIC at that moment; the figure is from then to the held client's first echoed byte (one round trip through the proxy included). The service has `-stop-after`, so the proxy's tracker follows its target's port (`--source auto`: eBPF here) and readiness dials when the kernel counts the backend's listener (docs/proxy.md, readiness from the kernel). Thaw: from `connect()` to the first echoed byte, the service frozen (SIGSTOP) 100 ms after the previous client left."
-    )
+    )?;
+    let proxyd = row(SOCKET_PROXYD);
+    let throughput_missed = proxyd.is_some_and(|p| ours.mbps < p.mbps);
+    if !(throughput_missed || rtt50 > 15.0 || rtt99 > 50.0 || conn50 > 150.0) {
+        return Ok(());
+    }
+    writeln!(out, "\nWhy the misses, measured:\n")?;
+    if let (true, Some(p)) = (throughput_missed, proxyd) {
+        writeln!(
+            out,
+            "- *Single flow*: {:.0} against systemd-socket-proxyd's {:.0} MB/s ({:.0} %). systemd-socket-proxyd moves the bytes with splice(2) through a pipe; ours copies them through one 256 KiB buffer per worker thread. The medians of this section's rounds have landed on either side of systemd-socket-proxyd's in runs of the same build (docs/proxy.md, data path), so a single run does not settle it; what would is splice for bulk flows, with pipes made only for a connection whose reads fill the buffer (four descriptors each, which 10 000 idle connections could not afford: why splice was left out).",
+            ours.mbps,
+            p.mbps,
+            ours.mbps / p.mbps * 100.0
+        )?;
+    }
+    if rtt50 > 15.0 || rtt99 > 50.0 {
+        let c_floor = row(FLOOR).map_or("(not measured in this run)".to_string(), |fl| {
+            format!(
+                "{:+.1} µs p50 and {:+.1} µs p99",
+                fl.rtt_p50_us - direct.rtt_p50_us,
+                fl.rtt_p99_us - direct.rtt_p99_us
+            )
+        });
+        writeln!(
+            out,
+            "- *64 B round trip*: every proxy in user space adds two loopback hops and two wake-ups to a round trip, which is what the direct round trip is made of; the minimal epoll proxy in C, doing nothing else, adds {c_floor} in the same rounds. What would close it is not waking anything per message; forwarding in the kernel does not by itself (sockmap's redirect to a peer's send side queues each message to a kernel worker): docs/proxy.md, the round trip."
+        )?;
+    }
+    if conn50 > 150.0 {
+        writeln!(
+            out,
+            "- *New connection*: about 27 system calls per proxied connection against the C floor's 17 (tokio's extra accept that finds EAGAIN, both sockets deregistered before their close, a wake-up of the other worker thread); docs/proxy.md."
+        )?;
+    }
+    Ok(())
 }

@@ -477,7 +477,30 @@ fn event_miss(out: &mut String, k: &super::kernel_path::KernelPath) -> fmt::Resu
         out,
         "- *Per-event cost and B/A*: `run_time_ns` includes a floor that any program pays on this tracepoint with `kernel.bpf_stats_enabled` on (the indirect call into the program, behind retpolines on this machine, and the clock reads of the statistics themselves): a no-op program attached beside the tracker measured {floor:.0} ns in this run (F in section 2), leaving {:.0} ns for the tracker's own work against a target of 100. Where that work goes, measured on 2026-12-02 on variants of the program side by side in several runs (`--compare`, see docs/kernel-path-cost.md): the per-connection map's insert and remove 58-70 ns an event, the socket cookie that keys it 41-57 ns in the previous program (about 15 less since the close path loads it instead of calling the helper), the counts, the filters and the kernel time 71-84 ns; a program with no per-connection state at all measured 142-164 ns, still above 100. So no placement of the connection ages closes it on this machine (socket-local storage measured 41-49 ns worse than the hash map with cookies: it allocates per connection); what would: a cheaper floor (a kernel without retpolines, or measuring without bpf_stats, which the B/A ratio does), or dropping per-connection ages (the long-lived gauge and `--activity-min-age` need them). The loop is the worst case: every connection is on the followed port, and nothing else is done per connection.",
         k.b_prog.ns_per_run() - floor
+    )?;
+    writeln!(
+        out,
+        "- *B/A* (the connection rate, statistics off): B/A {:.3} and, in the same rounds, the no-op program alone F/A {:.3}. {}",
+        k.b_over_a,
+        k.f_over_a,
+        rate_verdict(k.b_over_a, k.f_over_a)
     )
+}
+
+/// What the connection-rate ratios say, next to the floor's own.
+fn rate_verdict(b: f64, f: f64) -> String {
+    if b >= f - 0.01 {
+        format!(
+            "The tracker costs the loop no more than attaching any program to this tracepoint does (within 1 %): what is missed is the floor's own {:.1} %, which no work in the program removes; only a tracepoint that calls no program on these events would (on this machine the floor is the retpolined indirect call).",
+            (1.0 - f) * 100.0
+        )
+    } else {
+        format!(
+            "The floor accounts for {:.1} % of the rate; the tracker's own work for {:.1} % more (see the per-event paragraph for where it goes).",
+            (1.0 - f) * 100.0,
+            (f - b) * 100.0
+        )
+    }
 }
 
 /// Why a node-mode target is missed, from this run's figures.
