@@ -256,15 +256,16 @@ mod tests {
         listener.local_addr().expect("addr").port()
     }
 
-    #[tokio::test]
-    async fn a_listener_counted_before_it_accepts_is_dialed_until_it_does() {
+    /// Waits for a port that starts listening 30 ms in, the kernel's
+    /// count saying `listening` all along: how it was noticed, and how
+    /// often the count was looked at.
+    async fn wait_while_it_opens(listening: Listening) -> (Noticed, u64) {
         let port = closed_port();
         let address = format!("127.0.0.1:{port}");
-        // The kernel counts it from the start; it accepts only later.
         let looks = AtomicU64::new(0);
         let waited = wait_for(&address, None, || {
             looks.fetch_add(1, Ordering::SeqCst);
-            Listening::Count(1)
+            listening
         });
         let opened = async {
             tokio::time::sleep(Duration::from_millis(30)).await;
@@ -275,30 +276,22 @@ mod tests {
         })
         .await
         .expect("ready once it accepts");
-        assert!(looks.load(Ordering::SeqCst) > 1, "looked while it waited");
+        (noticed, looks.load(Ordering::SeqCst))
+    }
+
+    #[tokio::test]
+    async fn a_listener_counted_before_it_accepts_is_dialed_until_it_does() {
+        // The kernel counts it from the start; it accepts only later.
+        let (noticed, looks) = wait_while_it_opens(Listening::Count(1)).await;
+        assert!(looks > 1, "looked while it waited");
         // Counted once, refused, then found by the backoff.
         assert_eq!(noticed, Noticed::Dial);
     }
 
     #[tokio::test]
     async fn without_a_count_the_wait_dials_alone_and_looks_once() {
-        let port = closed_port();
-        let address = format!("127.0.0.1:{port}");
-        let looks = AtomicU64::new(0);
-        let waited = wait_for(&address, None, || {
-            looks.fetch_add(1, Ordering::SeqCst);
-            Listening::Unknown
-        });
-        let opened = async {
-            tokio::time::sleep(Duration::from_millis(30)).await;
-            TcpListener::bind((Ipv4Addr::LOCALHOST, port)).expect("rebind")
-        };
-        let (noticed, _listener) = tokio::time::timeout(Duration::from_secs(10), async {
-            tokio::join!(waited, opened)
-        })
-        .await
-        .expect("ready once it accepts");
-        assert_eq!(looks.load(Ordering::SeqCst), 1);
+        let (noticed, looks) = wait_while_it_opens(Listening::Unknown).await;
+        assert_eq!(looks, 1);
         assert_eq!(noticed, Noticed::Dial);
     }
 }

@@ -44,6 +44,35 @@ fn describe(status: &std::io::Result<ExitStatus>) -> String {
     }
 }
 
+/// Failed starts in a row, and when the next start may begin.
+struct Failures {
+    count: u32,
+    retry_at: Instant,
+}
+
+impl Failures {
+    /// One more failed start, which had run for `ran` (a start that stayed
+    /// up [`STABLE_AFTER`] is a new problem: the count starts over). Returns
+    /// the pause before the next start.
+    fn add(&mut self, ran: Duration) -> Duration {
+        if ran >= STABLE_AFTER {
+            self.count = 0;
+        }
+        self.count += 1;
+        let pause = backoff(self.count);
+        self.retry_at = Instant::now() + pause;
+        pause
+    }
+}
+
+/// Shows start `start` as over, after `failures` failed starts in a row.
+fn stopped(service: &Service, start: u64, failures: u32) {
+    service.phase.send_replace(Phase::Stopped {
+        last: Some(start),
+        failures,
+    });
+}
+
 /// Why a start did not become ready.
 enum Unready {
     Exited(std::io::Result<ExitStatus>),
@@ -72,9 +101,11 @@ pub async fn supervise(service: Arc<Service>, mut shutdown: watch::Receiver<bool
         .iter()
         .map(|r| r.target.clone())
         .collect();
-    let mut failures = 0u32;
+    let mut failures = Failures {
+        count: 0,
+        retry_at: Instant::now(),
+    };
     let mut start = 0u64;
-    let mut retry_at = Instant::now();
     let mut reason = service.spec.auto_start.then_some("auto-start");
     loop {
         if reason.is_none() {
@@ -89,7 +120,7 @@ pub async fn supervise(service: Arc<Service>, mut shutdown: watch::Receiver<bool
             service.begin_cold_start(Some(Instant::now()));
         }
         tokio::select! {
-            () = tokio::time::sleep_until(retry_at) => {}
+            () = tokio::time::sleep_until(failures.retry_at) => {}
             _ = shutdown.changed() => break,
         }
         start += 1;
@@ -108,13 +139,9 @@ pub async fn supervise(service: Arc<Service>, mut shutdown: watch::Receiver<bool
         let mut process = match started_backend {
             Ok(p) => p,
             Err(e) => {
-                failures += 1;
-                retry_at = Instant::now() + backoff(failures);
-                warn!(service = name, start, failures, backoff = ?backoff(failures), "{e}");
-                service.phase.send_replace(Phase::Stopped {
-                    last: Some(start),
-                    failures,
-                });
+                let pause = failures.add(Duration::ZERO);
+                warn!(service = name, start, failures = failures.count, backoff = ?pause, "{e}");
+                stopped(&service, start, failures.count);
                 continue;
             }
         };
@@ -143,29 +170,22 @@ pub async fn supervise(service: Arc<Service>, mut shutdown: watch::Receiver<bool
         let noticed = match ready {
             Ok(noticed) => noticed,
             Err(unready) => {
-                failures += 1;
-                retry_at = Instant::now() + backoff(failures);
+                let pause = failures.add(Duration::ZERO);
                 match unready {
                     Unready::Exited(status) => {
-                        warn!(service = name, start, failures, backoff = ?backoff(failures),
+                        warn!(service = name, start, failures = failures.count, backoff = ?pause,
                               "exited before it was ready: {}", describe(&status));
-                        service.phase.send_replace(Phase::Stopped {
-                            last: Some(start),
-                            failures,
-                        });
+                        stopped(&service, start, failures.count);
                         // Its clients are failed first; the next start waits.
                         process
                             .stop_leftovers(service.spec.stop_signal, service.spec.stop_timeout)
                             .await;
                     }
                     Unready::Late => {
-                        warn!(service = name, start, failures, backoff = ?backoff(failures),
+                        warn!(service = name, start, failures = failures.count, backoff = ?pause,
                               timeout = ?service.spec.timeout, "not ready within the timeout: stopping it");
                         stop(&service, &mut process, start).await;
-                        service.phase.send_replace(Phase::Stopped {
-                            last: Some(start),
-                            failures,
-                        });
+                        stopped(&service, start, failures.count);
                     }
                 }
                 continue;
@@ -213,17 +233,10 @@ pub async fn supervise(service: Arc<Service>, mut shutdown: watch::Receiver<bool
         };
         match end {
             End::Exited(status) => {
-                if ran_at.elapsed() >= STABLE_AFTER {
-                    failures = 0;
-                }
-                failures += 1;
-                retry_at = Instant::now() + backoff(failures);
-                warn!(service = name, start, failures, backoff = ?backoff(failures),
+                let pause = failures.add(ran_at.elapsed());
+                warn!(service = name, start, failures = failures.count, backoff = ?pause,
                       "exited: {}", describe(&status));
-                service.phase.send_replace(Phase::Stopped {
-                    last: Some(start),
-                    failures,
-                });
+                stopped(&service, start, failures.count);
                 process
                     .stop_leftovers(service.spec.stop_signal, service.spec.stop_timeout)
                     .await;
@@ -235,32 +248,22 @@ pub async fn supervise(service: Arc<Service>, mut shutdown: watch::Receiver<bool
                 // would hold every client until the timeout. Stopped (the
                 // stop signal to its group, or the stop command) so the next
                 // start does not meet what is left of it.
-                if ran_at.elapsed() >= STABLE_AFTER {
-                    failures = 0;
-                }
-                failures += 1;
-                retry_at = Instant::now() + backoff(failures);
+                let pause = failures.add(ran_at.elapsed());
                 let why = if process.is_remote() {
                     "the target refuses connections: the backend is gone"
                 } else {
                     "the target refuses connections while the process runs: stopping it"
                 };
-                warn!(service = name, start, failures, backoff = ?backoff(failures),
+                warn!(service = name, start, failures = failures.count, backoff = ?pause,
                       target, refused_for = ?GONE_AFTER, "{why}");
                 stop(&service, &mut process, start).await;
-                service.phase.send_replace(Phase::Stopped {
-                    last: Some(start),
-                    failures,
-                });
+                stopped(&service, start, failures.count);
             }
             End::Idle => {
                 info!(service = name, start, stop_after = ?service.spec.stop_after, "idle: stopping");
                 stop(&service, &mut process, start).await;
-                failures = 0;
-                service.phase.send_replace(Phase::Stopped {
-                    last: Some(start),
-                    failures,
-                });
+                failures.count = 0;
+                stopped(&service, start, 0);
             }
             End::Shutdown => {
                 stop(&service, &mut process, start).await;
